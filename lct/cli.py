@@ -1,0 +1,43 @@
+"""The `lct` console script: `lct <command> [options]`; `lct <command> --help` for each."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help). Each module defines `main(argv: list[str] | None) -> int | None`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch-weights": ("lct.fetch", "download every pretrained file the pipeline needs (login node)"),
+    "prepare-data": ("lct.data", "download or import a dataset into images.npy"),
+    "train-vae": ("lct.vae", "train the tiny demo AutoencoderKL"),
+    "encode": ("lct.encode", "encode a dataset into normalized VAE latents"),
+    "stats": ("lct.stats", "Figure 1 box-and-whisker statistics (data, td)"),
+    "train": ("lct.train", "train one experiment (resumable; torchrun for several GPUs)"),
+    "sample": ("lct.sample", "generate samples with per-image seeds"),
+    "train-classifier": ("lct.classifier", "train the demo's digit classifier (its metric features)"),
+    "ref-stats": ("lct.evaluate", "reference feature statistics of a dataset", "ref_stats_main"),
+    "evaluate": ("lct.evaluate", "FID / Recall of one (experiment, NFE)"),
+    "report": ("lct.report", "tables and figures beside the published numbers"),
+    "unet-params": ("lct.nn.unet", "parameter count of the paper UNet for each norm", "params_main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        for name, (_, help_text, *_rest) in COMMANDS.items():
+            print(f"  {name:18s} {help_text}")
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"lct: unknown command {cmd!r}; run `lct --help` for the list", file=sys.stderr)
+        return 2
+    module_name, _, *entry = COMMANDS[cmd]
+    fn = getattr(importlib.import_module(module_name), entry[0] if entry else "main")
+    rc = fn(rest)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

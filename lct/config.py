@@ -1,0 +1,291 @@
+"""Typed experiment configuration: dataclasses, named presets, small overrides.
+
+An experiment is a preset (`ilct`, `slct`, `slct_as_coded`, `ldm_ve`, ...) plus a nested dict
+of overrides, e.g. ``{"loss": {"distance": "geman_mcclure"}}``. Every Table 2 row is a preset
+plus one override. The resolved config is written beside each run and inside every checkpoint.
+Unknown keys and wrong types raise `ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key and the fix."""
+
+
+@dataclass
+class NetworkConfig:
+    size: str = "paper"  # Named UNet size in lct.nn.unet.UNET_SIZES; the fields below override it when set.
+    model_channels: int | None = None  # Base channel count (paper: 128).
+    channel_mult: list[int] | None = None  # Per-resolution channel multipliers (paper: 1, 2, 3, 4).
+    num_blocks: int | None = None  # Residual blocks per resolution (paper: 4).
+    attn_resolutions: list[int] | None = None  # Resolutions with self-attention (paper: 16, 8).
+    channels_per_head: int | None = None  # Attention channels per head (paper: 64).
+    dropout: float = 0.0  # Dropout probability in residual blocks (authors' code: 0).
+    norm: str = "group"  # Norm layer: group, instance, layer, rms, nsln, nsgn, nsin (lct.nn.norms.NORMS).
+    noise_conditioning: str = "cm"  # c_noise convention: "cm" = 250 ln t, "edm" = ln(t) / 4.
+
+
+@dataclass
+class ScheduleConfig:
+    sigma_min: float = 0.002  # Smallest noise level t_min.
+    sigma_max: float = 80.0  # Largest noise level t_max.
+    sigma_data: float = 0.5  # Data standard deviation in c_skip, c_out, c_in (eq. 2).
+    rho: float = 7.0  # Karras discretization exponent.
+    curriculum: str = "exp"  # Discretization curriculum: "exp" (eq. 10), "sqrt" (CM), "fixed" (N = s1 + 1).
+    s0: int = 10  # Initial number of discretization intervals.
+    s1: int = 640  # Final number of discretization intervals.
+    timestep_dist: str = "lognormal"  # Index distribution: "lognormal" (iCT) or "uniform".
+    p_mean: float = -1.1  # Lognormal location of the index distribution.
+    p_std: float = 2.0  # Lognormal scale of the index distribution.
+    weighting: str = "icm"  # lambda(t_i): "icm" = 1 / (t_{i+1} - t_i), "uniform" = 1.
+
+
+@dataclass
+class LossConfig:
+    distance: str = "pseudo_huber"  # Robust distance: l2, pseudo_huber, cauchy, geman_mcclure, elatentlpips.
+    reduction: str = "sum"  # Squared norm inside the distance: "sum" over dims (paper) or "mean" (authors' code).
+    c: str = "fixed"  # Scale c: "fixed" (c0), "adaptive" (eq. 11), "as_coded" (authors' code schedule).
+    c0: float | None = None  # Fixed c; None means 0.00054 * sqrt(d) with d the data dimension.
+    diffusion_loss: bool = False  # Add the diffusion loss at small timesteps (eq. 9).
+    diffusion_r: float = 0.25  # Use it for indices i <= int(N r), counted from the smallest sigma.
+    diffusion_weight: float = 1.0  # Weight of the diffusion loss in the sum.
+    diffusion_variant: str = "paper"  # "paper": f(x_{t_i}, t_i) unweighted; "as_coded": larger sigma, 1/t^2 + 1/sigma_data^2.
+    ot: bool = False  # Minibatch optimal-transport coupling of noise and data.
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128  # Global batch size (per-GPU batch times world size).
+    total_steps: int | None = None  # Training length in iterations (one of total_steps, epochs).
+    epochs: float | None = None  # Training length in epochs of the training set (paper: 1400 or 1800).
+    optimizer: str = "radam"  # "radam" (paper) or "adam".
+    lr: float = 1e-4  # Learning rate, constant.
+    weight_decay: float = 1e-4  # Weight decay.
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Optimizer betas.
+    grad_clip: float | None = None  # Clip the global gradient norm; None disables.
+    ema_decays: list[float] = field(default_factory=lambda: [0.99993])  # Evaluation EMAs (teacher is EMA 0).
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPU).
+    compile: bool = False  # torch.compile the network (GPU).
+    tf32: bool = False  # Allow TF32 matmuls (GPU).
+    seed: int = 0  # Seed; per-step streams derive from (seed, rank, step).
+    checkpoint_every: int = 2000  # Save a resumable checkpoint every N steps.
+    keep_checkpoints: int = 3  # Keep the last N resumable checkpoints.
+    snapshot_every: int | None = None  # Save EMA weights every N steps for evaluation over training (Figure 3).
+    log_every: int = 100  # Append to log.jsonl every N steps.
+    max_bad_steps: int = 10  # Stop after this many consecutive non-finite losses.
+    num_workers: int = 0  # Data loader workers.
+
+
+@dataclass
+class SampleConfig:
+    two_step_index: int = 420  # Second-step sigma: index of the two_step_grid-point Karras grid (ascending from 0 at sigma_max).
+    two_step_grid: int = 641  # Points of the grid the second-step sigma is read from.
+    diffusion_steps: int = 250  # NFE of the deterministic EDM sampler for the diffusion baseline.
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"  # Experiment name (a key of `experiments` in the workflow config).
+    dataset: str = ""  # Dataset name (a key of `datasets` in the workflow config).
+    preset: str = "slct"  # The preset this experiment started from.
+    objective: str = "consistency"  # "consistency" (iCT / sLCT) or "denoising" (VE latent diffusion baseline).
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "ExperimentConfig":
+        return _build(cls, d, where)
+
+
+# Presets. Each component of the paper is its own switch (METHOD.md section 3).
+_ILCT = {
+    "objective": "consistency",
+    "network": {"norm": "group"},
+    "loss": {"distance": "pseudo_huber", "c": "fixed", "diffusion_loss": False, "ot": False},
+}
+_SLCT = {
+    "objective": "consistency",
+    "network": {"norm": "nsln"},
+    "loss": {"distance": "cauchy", "c": "adaptive", "diffusion_loss": True, "diffusion_r": 0.25, "ot": True},
+}
+# The authors' code (METHOD.md section 4): mean-reduced distances, as-coded c schedule, diffusion
+# loss at the larger sigma weighted by 1/t^2 + 1/sigma_data^2 with weight 5.
+_SLCT_AS_CODED = copy.deepcopy(_SLCT)
+_SLCT_AS_CODED["loss"].update(
+    {"reduction": "mean", "c": "as_coded", "diffusion_variant": "as_coded", "diffusion_weight": 5.0}
+)
+_LDM_VE = {
+    "objective": "denoising",
+    "network": {"norm": "group", "noise_conditioning": "edm"},
+    "loss": {"distance": "l2", "c": "fixed", "diffusion_loss": False, "ot": False},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "ilct": _ILCT,  # iCT in latent space: Pseudo-Huber, fixed c, GroupNorm, no OT, no diffusion loss.
+    "slct": _SLCT,  # The paper's full method: Cauchy, diffusion loss r 0.25, OT, adaptive c, NsLN.
+    "slct_as_coded": _SLCT_AS_CODED,  # sLCT as the authors' code implements it.
+    "ldm_ve": _LDM_VE,  # VE latent diffusion with the same UNet (EDM loss), Table 1 "LDM-8 dagger".
+}
+
+
+def resolve_experiment(
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    name: str = "experiment",
+    dataset: str = "",
+    defaults: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Preset, then `defaults` (config-wide, e.g. the demo's tiny UNet), then `overrides`."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} for experiment {name!r}; choose one of {sorted(PRESETS)}")
+    d: dict[str, Any] = {"name": name, "dataset": dataset, "preset": preset}
+    d = merge(d, PRESETS[preset])
+    d = merge(d, defaults or {})
+    d = merge(d, overrides or {})
+    return validate(ExperimentConfig.from_dict(d, where=f"experiment {name!r}"))
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `over` wins. Neither input is modified."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read a resolved experiment config (YAML or JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment config {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".json":
+        d = json.loads(text)
+    else:
+        import yaml
+
+        d = yaml.safe_load(text)
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return ExperimentConfig.from_dict(d, where=str(path))
+
+
+def save_experiment(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config atomically (temporary name, then rename)."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__} {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}: {k}" if ":" not in where else f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, v: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, v, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, v, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {v!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {v!r}")
+        return [_coerce(inner, x, f"{key}[{i}]") for i, x in enumerate(v)]
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key}: expected true or false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}: expected a string, got {v!r}")
+        return v
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+# Allowed values of the string switches, checked by `validate`.
+CHOICES: dict[str, set[str]] = {
+    "objective": {"consistency", "denoising"},
+    "network.norm": {"group", "instance", "layer", "rms", "nsln", "nsgn", "nsin"},
+    "network.noise_conditioning": {"cm", "edm"},
+    "schedule.curriculum": {"exp", "sqrt", "fixed"},
+    "schedule.timestep_dist": {"lognormal", "uniform"},
+    "schedule.weighting": {"icm", "uniform"},
+    "loss.distance": {"l2", "pseudo_huber", "cauchy", "geman_mcclure", "elatentlpips"},
+    "loss.reduction": {"sum", "mean"},
+    "loss.c": {"fixed", "adaptive", "as_coded"},
+    "loss.diffusion_variant": {"paper", "as_coded"},
+    "train.optimizer": {"radam", "adam"},
+    "train.precision": {"fp32", "bf16"},
+}
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Check the string switches and lengths; raise ConfigError naming the key."""
+    d = cfg.to_dict()
+    for key, allowed in CHOICES.items():
+        v: Any = d
+        for part in key.split("."):
+            v = v[part]
+        if v not in allowed:
+            raise ConfigError(f"experiment {cfg.name!r}: {key} = {v!r}; choose one of {sorted(allowed)}")
+    if (cfg.train.total_steps is None) == (cfg.train.epochs is None):
+        raise ConfigError(
+            f"experiment {cfg.name!r}: set exactly one of train.total_steps and train.epochs "
+            f"(got total_steps={cfg.train.total_steps}, epochs={cfg.train.epochs})"
+        )
+    if not 0.0 < cfg.loss.diffusion_r <= 1.0:
+        raise ConfigError(f"experiment {cfg.name!r}: loss.diffusion_r = {cfg.loss.diffusion_r}; must be in (0, 1]")
+    if cfg.schedule.s0 < 1 or cfg.schedule.s1 < cfg.schedule.s0:
+        raise ConfigError(f"experiment {cfg.name!r}: need 1 <= schedule.s0 <= schedule.s1")
+    return cfg
