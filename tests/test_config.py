@@ -1,0 +1,81 @@
+"""The typed experiment config: presets, overrides, validation messages, round trips."""
+
+import pytest
+
+from lct.config import (
+    PRESETS,
+    ConfigError,
+    ExperimentConfig,
+    load_experiment,
+    resolve_experiment,
+    save_experiment,
+)
+
+LEN = {"train": {"epochs": 1400}}
+
+
+def test_presets_express_the_paper_components():
+    ilct = resolve_experiment("ilct", LEN, name="a")
+    slct = resolve_experiment("slct", LEN, name="b")
+    assert (ilct.loss.distance, ilct.loss.c, ilct.loss.ot, ilct.loss.diffusion_loss, ilct.network.norm) == (
+        "pseudo_huber", "fixed", False, False, "group")
+    assert (slct.loss.distance, slct.loss.c, slct.loss.ot, slct.loss.diffusion_loss, slct.network.norm) == (
+        "cauchy", "adaptive", True, True, "nsln")
+    assert slct.loss.diffusion_r == 0.25
+    coded = resolve_experiment("slct_as_coded", LEN, name="c")
+    assert (coded.loss.reduction, coded.loss.c, coded.loss.diffusion_weight) == ("mean", "as_coded", 5.0)
+    assert resolve_experiment("ldm_ve", LEN, name="d").objective == "denoising"
+    # presets are not mutated by resolving with overrides
+    resolve_experiment("slct", {"loss": {"distance": "l2"}, **LEN})
+    assert PRESETS["slct"]["loss"]["distance"] == "cauchy"
+
+
+def test_table2_row_is_preset_plus_one_override():
+    row = resolve_experiment("slct", {"loss": {"distance": "geman_mcclure"}, **LEN}, name="gm")
+    full = resolve_experiment("slct", LEN, name="gm")
+    assert row.loss.distance == "geman_mcclure"
+    assert {**row.to_dict(), "loss": None} == {**full.to_dict(), "loss": None}
+
+
+def test_defaults_apply_before_overrides():
+    cfg = resolve_experiment("slct", {"train": {"batch_size": 8}}, defaults={"train": {"batch_size": 32, "total_steps": 10}})
+    assert cfg.train.batch_size == 8 and cfg.train.total_steps == 10
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"loss": {"distanc": "l2"}}, "unknown key(s) ['distanc']"),
+        ({"loss": {"diffusion_r": "a"}}, "loss.diffusion_r: expected a number"),
+        ({"loss": {"distance": "foo"}}, "loss.distance = 'foo'"),
+        ({"network": {"norm": "batch"}}, "network.norm = 'batch'"),
+        ({"train": {"total_steps": 5}}, "set exactly one of train.total_steps and train.epochs"),
+        ({"loss": {"ot": "yes"}}, "loss.ot: expected true or false"),
+        ({"loss": {"diffusion_r": 0.0}}, "loss.diffusion_r = 0.0"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        resolve_experiment("slct", {**LEN, **overrides} if "train" not in overrides else
+                           {"train": {"epochs": 1, **overrides["train"]}}, name="x")
+    assert message in str(e.value)
+    assert "experiment 'x'" in str(e.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'sclt'"):
+        resolve_experiment("sclt", LEN, name="x")
+
+
+def test_round_trip_yaml(tmp_path):
+    cfg = resolve_experiment("slct", {"network": {"channel_mult": [1, 2]}, **LEN}, name="rt", dataset="mnist")
+    save_experiment(cfg, tmp_path / "c.yaml")
+    assert not list(tmp_path.glob("*.tmp"))
+    back = load_experiment(tmp_path / "c.yaml")
+    assert back == cfg
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml does not exist"):
+        load_experiment(tmp_path / "nope.yaml")
