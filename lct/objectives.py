@@ -1,0 +1,158 @@
+"""Training objectives as objects (edm `training/loss.py` style).
+
+`__call__(net, x0, noise, step, generator=None)` returns the unreduced per-sample loss [B] and a
+dict of floats worth logging; the training loop takes the mean and calls backward. All
+randomness comes from `generator` (default: a CPU generator seeded from (train.seed, step)), so
+a resumed run repeats the same stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch import nn
+
+from lct import schedules as S
+from lct.losses import robust_distance, squared_norm
+from lct.ot import ot_pair
+
+if TYPE_CHECKING:
+    from lct.config import ExperimentConfig
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """CPU generator for iteration `step` of a run with train.seed `seed` (resumable stream)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+
+
+@contextlib.contextmanager
+def shared_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with the global RNG of `device` at `seed`, restoring it afterwards.
+
+    Entering twice with the same seed makes two forward passes draw the same dropout mask.
+    """
+    cuda = device.type == "cuda"
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+class ConsistencyObjective:
+    """Consistency training, iCT / sLCT (eq. 4, plus eq. 9 when loss.diffusion_loss)."""
+
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int):
+        self.cfg = cfg
+        self.total_steps = int(total_steps)
+
+    def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        sched, lcfg = self.cfg.schedule, self.cfg.loss
+        gen = generator if generator is not None else step_generator(self.cfg.train.seed, step)
+        b, device, dtype = x0.shape[0], x0.device, x0.dtype
+        d = x0[0].numel()
+
+        # Discretization N(k) of the curriculum (eq. 10) and its ascending Karras grid t_1 < ... < t_N.
+        n = S.num_timesteps(step, self.total_steps, sched)
+        sigmas = S.karras_sigmas(n, sched.sigma_min, sched.sigma_max, sched.rho)
+
+        # Sample the pair index i ~ p(i) (discrete lognormal of iCT, or uniform); 0-based here.
+        probs = S.index_probs(sigmas, sched)
+        i = torch.multinomial(probs, b, replacement=True, generator=gen)
+        t_lo, t_hi = sigmas[i], sigmas[i + 1]  # (t_i, t_{i+1}), float64 [B]
+
+        # Minibatch OT: re-pair the noise z with the data x0 by the exact plan (paper section 3.3).
+        ot_time = 0.0
+        if lcfg.ot:
+            t0 = time.perf_counter()
+            noise = noise[ot_pair(x0, noise)]
+            ot_time = time.perf_counter() - t0
+
+        # The same x0 and the same z for both points of the pair.
+        t_lo_x, t_hi_x = t_lo.to(device, dtype), t_hi.to(device, dtype)
+        x_hi = x0 + t_hi_x.view(-1, 1, 1, 1) * noise  # x_{t_{i+1}}
+        x_lo = x0 + t_lo_x.view(-1, 1, 1, 1) * noise  # x_{t_i}
+
+        # Online (student) and target (teacher) passes share the dropout mask: same RNG seed.
+        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        with shared_rng(dropout_seed, device):
+            f_student = net(x_hi, t_hi_x)  # f_theta(x_{t_{i+1}}, t_{i+1})
+        with torch.no_grad(), shared_rng(dropout_seed, device):
+            f_teacher = net(x_lo, t_lo_x)  # f_theta-(x_{t_i}, t_i), theta- = stopgrad(theta) (EMA 0)
+
+        # lambda(t_i) d(f_student, f_teacher) with c from its schedule (eqs. 4, 6-8, 11).
+        c = S.scale_c(self.cfg, step, self.total_steps, d)
+        lam = S.loss_weighting(t_lo, t_hi, sched.weighting).to(device, dtype)
+        loss_ct = lam * robust_distance(lcfg.distance, f_student, f_teacher, c, lcfg.reduction)
+        loss = loss_ct
+
+        # Diffusion loss at small timesteps (eq. 9): pairs with 1-based index i <= int(N r).
+        loss_diff = torch.zeros_like(loss_ct)
+        sel = (i + 1) <= int(n * lcfg.diffusion_r)
+        sel_dev = sel.to(device)
+        n_sel = int(sel.sum())
+        if lcfg.diffusion_loss and n_sel > 0:
+            if lcfg.diffusion_variant == "paper":
+                # ||f_theta(x_{t_i}, t_i) - x0||^2 with the *student* at t_i (the paper's intent), on the
+                # selected samples only; squared norm summed (paper) or averaged as loss.reduction says.
+                idx = sel_dev.nonzero().squeeze(1)
+                f_small = net(x_lo[idx], t_lo_x[idx])
+                loss_diff = loss_diff.index_put((idx,), squared_norm(f_small, x0[idx], lcfg.reduction))
+            elif lcfg.diffusion_variant == "as_coded":
+                # Authors' code: student output at the larger sigma t_{i+1}, per-dim mean, weighted by
+                # 1/t^2 + 1/sigma_data^2, averaged over the selected samples only (hence b / n_sel).
+                w = 1.0 / t_hi_x**2 + 1.0 / sched.sigma_data**2
+                per = w * squared_norm(f_student, x0, "mean")
+                loss_diff = torch.where(sel_dev, per, torch.zeros_like(per)) * (b / n_sel)
+            else:
+                raise ValueError(f"loss.diffusion_variant = {lcfg.diffusion_variant!r}; choose paper or as_coded")
+            loss = loss + lcfg.diffusion_weight * loss_diff
+
+        logs = {
+            "N": float(n),
+            "c": float(c),
+            "loss_ct": float(loss_ct.detach().mean()),
+            "loss_diff": float(loss_diff.detach().sum() / max(n_sel, 1)) if lcfg.diffusion_loss else 0.0,
+            "diff_frac": n_sel / b,
+            "ot_time_s": ot_time,
+        }
+        return loss, logs
+
+
+class DenoisingObjective:
+    """EDM denoising loss (Karras et al. 2022) for the VE latent diffusion baseline (Table 1)."""
+
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int | None = None, p_mean: float = -1.2, p_std: float = 1.2):
+        self.cfg = cfg
+        self.p_mean, self.p_std = p_mean, p_std  # EDM's lognormal sigma, not schedule.p_mean (that is iCT's)
+
+    def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        gen = generator if generator is not None else step_generator(self.cfg.train.seed, step)
+        sd = self.cfg.schedule.sigma_data
+        # ln sigma ~ N(P_mean, P_std^2)   (EDM)
+        sigma = (torch.randn(x0.shape[0], generator=gen, dtype=torch.float64) * self.p_std + self.p_mean).exp()
+        sigma = sigma.to(x0.device, x0.dtype)
+        s = sigma.view(-1, 1, 1, 1)
+        denoised = net(x0 + s * noise, sigma)
+        # lambda(sigma) ||D(x0 + sigma z, sigma) - x0||^2, lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2   (EDM)
+        weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+        loss = weight * squared_norm(denoised, x0, self.cfg.loss.reduction)
+        logs = {"N": 0.0, "c": 0.0, "loss_ct": 0.0, "loss_diff": float(loss.detach().mean()), "ot_time_s": 0.0}
+        return loss, logs
+
+
+OBJECTIVES = {"consistency": ConsistencyObjective, "denoising": DenoisingObjective}
+
+
+def build_objective(cfg: "ExperimentConfig", total_steps: int) -> ConsistencyObjective | DenoisingObjective:
+    """The objective named by cfg.objective."""
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"objective = {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[cfg.objective](cfg, total_steps)

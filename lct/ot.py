@@ -1,0 +1,33 @@
+"""Minibatch optimal-transport coupling of noise and data (paper section 3, Pooladian et al. 2023).
+
+The exact plan (POT ``ot.emd``) between the uniform empirical measures of a batch of data and a
+batch of noise, under squared L2 on flattened samples with the cost normalized by its maximum
+(as the authors' code does; scaling the cost does not change the optimal plan, it only keeps
+the solver's numbers tame). With equal uniform weights the optimal plan is a permutation matrix
+(a vertex of the Birkhoff polytope), so the plan is read out as a permutation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ot
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+def ot_pair(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Permutation perm [B] (int64, on x0's device) such that noise[perm] is OT-paired with x0."""
+    if x0.shape[0] != noise.shape[0]:
+        raise ValueError(f"ot_pair: batch sizes differ ({x0.shape[0]} data vs {noise.shape[0]} noise)")
+    b = x0.shape[0]
+    a = x0.detach().flatten(1).double().cpu()
+    z = noise.detach().flatten(1).double().cpu()
+    cost = torch.cdist(a, z).square().numpy()  # M_jk = ||x0_j - z_k||^2
+    cost = cost / max(cost.max(), 1e-300)
+    w = np.full(b, 1.0 / b)
+    plan = ot.emd(w, w, cost)
+    perm = plan.argmax(axis=1)
+    if len(np.unique(perm)) != b:
+        # Degenerate ties can give a non-vertex plan; the assignment solver gives the same optimum.
+        perm = linear_sum_assignment(cost)[1]
+    return torch.as_tensor(perm, dtype=torch.long, device=x0.device)

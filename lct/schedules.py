@@ -1,0 +1,154 @@
+"""Noise grids, preconditioning, curricula, timestep distributions, weightings and the scale c.
+
+Pure functions named after the symbols of the paper (arXiv 2502.01441) and of iCT (Song &
+Dhariwal 2024); see ../shared/paper/METHOD.md sections 1-4. Grids are float64 and ascending
+(t_1 = sigma_min < ... < t_N = sigma_max); index i in code is 0-based, so the pair
+(t_i, t_{i+1}) of the paper is (sigmas[i], sigmas[i + 1]).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from lct.config import ExperimentConfig, ScheduleConfig
+
+Tensorish = torch.Tensor | float
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) discretization, ascending, float64 [n]."""
+    # t_i = (t_min^(1/rho) + (i-1)/(N-1) (t_max^(1/rho) - t_min^(1/rho)))^rho, i = 1..N (METHOD.md 1)
+    if n < 2:
+        raise ValueError(f"karras_sigmas needs n >= 2 points, got {n}")
+    ramp = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (lo + ramp * (hi - lo)) ** rho
+
+
+def c_skip(t: Tensorish, sigma_data: float = 0.5, sigma_min: float = 0.002) -> Tensorish:
+    # c_skip(t) = sigma_data^2 / ((t - sigma_min)^2 + sigma_data^2)   (eq. 2)
+    return sigma_data**2 / ((t - sigma_min) ** 2 + sigma_data**2)
+
+
+def c_out(t: Tensorish, sigma_data: float = 0.5, sigma_min: float = 0.002) -> Tensorish:
+    # c_out(t) = (t - sigma_min) sigma_data / sqrt(t^2 + sigma_data^2)   (eq. 2)
+    return (t - sigma_min) * sigma_data / (t**2 + sigma_data**2) ** 0.5
+
+
+def c_in(t: Tensorish, sigma_data: float = 0.5) -> Tensorish:
+    # c_in(t) = 1 / sqrt(t^2 + sigma_data^2)   (eq. 2)
+    return 1.0 / (t**2 + sigma_data**2) ** 0.5
+
+
+def c_noise(t: torch.Tensor, convention: str = "cm") -> torch.Tensor:
+    """Noise conditioning fed to the sinusoidal embedding."""
+    if convention == "cm":
+        return 250.0 * torch.log(t)  # consistency-models code: 1000 * 0.25 * ln t
+    if convention == "edm":
+        return 0.25 * torch.log(t)  # EDM: ln(t) / 4
+    raise ValueError(f"network.noise_conditioning = {convention!r}; choose 'cm' or 'edm'")
+
+
+def _num_stages_exp(s0: int, s1: int) -> int:
+    return int(math.log2(math.floor(s1 / s0))) + 1
+
+
+def num_timesteps_exp(k: int, K: int, s0: int = 10, s1: int = 640) -> int:
+    """iCT exponential curriculum N(k) (eq. 10)."""
+    # N(k) = min(s0 2^floor(k / K'), s1) + 1,  K' = floor(K / (log2 floor(s1 / s0) + 1))   (eq. 10)
+    k_prime = max(K // _num_stages_exp(s0, s1), 1)
+    return min(s0 * 2 ** (k // k_prime), s1) + 1
+
+
+def num_timesteps_sqrt(k: int, K: int, s0: int = 2, s1: int = 150) -> int:
+    """Original CM curriculum (Song et al. 2023, appendix C)."""
+    # N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1
+    return int(math.ceil(math.sqrt(k / max(K, 1) * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1)) + 1
+
+
+def num_timesteps(k: int, K: int, sched: "ScheduleConfig") -> int:
+    """N(k) for the configured curriculum (schedule.curriculum)."""
+    if sched.curriculum == "exp":
+        return num_timesteps_exp(k, K, sched.s0, sched.s1)
+    if sched.curriculum == "sqrt":
+        return num_timesteps_sqrt(k, K, sched.s0, sched.s1)
+    if sched.curriculum == "fixed":
+        return sched.s1 + 1
+    raise ValueError(f"schedule.curriculum = {sched.curriculum!r}; choose exp, sqrt or fixed")
+
+
+def curriculum_stage(k: int, K: int, sched: "ScheduleConfig") -> int:
+    """0-based stage of the curriculum at iteration k (stage 0 = the first, N = s0 + 1)."""
+    if sched.curriculum == "exp":
+        k_prime = max(K // _num_stages_exp(sched.s0, sched.s1), 1)
+        return min(k // k_prime, _num_stages_exp(sched.s0, sched.s1) - 1)
+    # Other curricula have no discrete stages: stage 0 while N(k) equals its starting value.
+    return 0 if num_timesteps(k, K, sched) == num_timesteps(0, K, sched) else 1
+
+
+def lognormal_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+    """iCT discrete lognormal over the N-1 pairs of an ascending grid, float64 [N-1]."""
+    # p(i) ∝ erf((ln t_{i+1} - P_mean) / (sqrt 2 P_std)) - erf((ln t_i - P_mean) / (sqrt 2 P_std))   (iCT)
+    cdf = torch.erf((torch.log(sigmas.double()) - p_mean) / (math.sqrt(2.0) * p_std))
+    p = cdf[1:] - cdf[:-1]
+    return p / p.sum()
+
+
+def uniform_index_probs(n: int) -> torch.Tensor:
+    """Uniform distribution over the n - 1 pairs of an n-point grid, float64 [n-1]."""
+    return torch.full((n - 1,), 1.0 / (n - 1), dtype=torch.float64)
+
+
+def index_probs(sigmas: torch.Tensor, sched: "ScheduleConfig") -> torch.Tensor:
+    """Index distribution named by schedule.timestep_dist."""
+    if sched.timestep_dist == "lognormal":
+        return lognormal_index_probs(sigmas, sched.p_mean, sched.p_std)
+    if sched.timestep_dist == "uniform":
+        return uniform_index_probs(len(sigmas))
+    raise ValueError(f"schedule.timestep_dist = {sched.timestep_dist!r}; choose lognormal or uniform")
+
+
+def loss_weighting(t_lo: torch.Tensor, t_hi: torch.Tensor, kind: str = "icm") -> torch.Tensor:
+    """lambda(t_i) for the pair (t_i, t_{i+1})."""
+    if kind == "icm":
+        return 1.0 / (t_hi - t_lo)  # lambda(t_i) = 1 / (t_{i+1} - t_i)   (iCT)
+    if kind == "uniform":
+        return torch.ones_like(t_lo)  # lambda = 1 (CM)
+    raise ValueError(f"schedule.weighting = {kind!r}; choose icm or uniform")
+
+
+weighting = loss_weighting  # name used in docs/ARCHITECTURE.md
+
+
+def c_fixed(d: int) -> float:
+    # c0 = 0.00054 sqrt(d)   (iCT; eq. 7)
+    return 0.00054 * math.sqrt(d)
+
+
+def c_adaptive(n: int) -> float:
+    # c = exp(-1.18 ln(N - 1) - 0.72)   (eq. 11)
+    return math.exp(-1.18 * math.log(n - 1) - 0.72)
+
+
+def c_as_coded(n: int, first_stage: bool, d: int) -> float:
+    """The authors' code: c0 during the first curriculum stage, then exp(-1.15 ln(N - 1) - 0.85)."""
+    if first_stage:
+        return c_fixed(d)
+    return math.exp(-1.15 * math.log(n - 1) - 0.85)  # METHOD.md section 4
+
+
+def scale_c(cfg: "ExperimentConfig", k: int, K: int, d: int) -> float:
+    """The robust-loss scale c at iteration k of K for data dimension d (loss.c)."""
+    kind = cfg.loss.c
+    if kind == "fixed":
+        return float(cfg.loss.c0) if cfg.loss.c0 is not None else c_fixed(d)
+    n = num_timesteps(k, K, cfg.schedule)
+    if kind == "adaptive":
+        return c_adaptive(n)
+    if kind == "as_coded":
+        return c_as_coded(n, curriculum_stage(k, K, cfg.schedule) == 0, d)
+    raise ValueError(f"loss.c = {kind!r}; choose fixed, adaptive or as_coded")
