@@ -1,0 +1,323 @@
+"""`lct evaluate` (FID / FD-digit, Precision, Recall of one experiment at one NFE) and `lct ref-stats`.
+
+Samples are generated with per-image seeds, decoded in batches and streamed into the feature
+extractors shard by shard; each finished shard's features are cached atomically under
+`<out>.shards/`, so rerunning the same command resumes. Protocol (paper/METHOD.md section 4): the
+authors saved samples and real images as JPEG and ran pytorch-fid, which clean-fid's
+`legacy_pytorch` mode reproduces. With `--image-format jpeg` each image is round-tripped through an
+in-memory JPEG at `--jpeg-quality` (default 75: PIL's default, which `torchvision.utils.save_image`
+and `Image.save("x.jpg")` use in the authors' sampling scripts) before feature extraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+# --feature -> which extractors give the Frechet distances (per mode) and which gives Recall.
+SUITES: dict[str, dict[str, Any]] = {
+    "inception": {
+        "fd": {"legacy_pytorch": "inception_legacy", "clean": "inception_clean"},
+        "recall": "vgg16",
+        "metric_name": "FID",
+    },
+    "digit_classifier": {
+        "fd": {"frechet_digit": "digit_classifier"},
+        "recall": "digit_classifier",
+        "metric_name": "FD-digit",
+    },
+}
+IMAGE_FORMATS = ("jpeg", "png")
+DEFAULT_JPEG_QUALITY = 75
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def encode_images(images: np.ndarray, image_format: str, quality: int = DEFAULT_JPEG_QUALITY) -> list[bytes]:
+    """uint8 [B, H, W, C] -> encoded files (PNG lossless, JPEG at `quality`)."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        pil = Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im)
+        buf = io.BytesIO()
+        if image_format == "jpeg":
+            pil.save(buf, format="JPEG", quality=quality)
+        else:
+            pil.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def apply_image_format(images: np.ndarray, image_format: str, quality: int = DEFAULT_JPEG_QUALITY) -> np.ndarray:
+    """What a metric reading saved files would see: JPEG round trip, or the images unchanged (PNG)."""
+    if image_format == "png":
+        return images
+    if image_format != "jpeg":
+        raise ValueError(f"--image-format {image_format!r}; choose one of {IMAGE_FORMATS}")
+    from PIL import Image
+
+    decoded = [np.asarray(Image.open(io.BytesIO(b))) for b in encode_images(images, "jpeg", quality)]
+    return np.stack(decoded).reshape(images.shape)
+
+
+def build_suite(feature: str, modes: list[str] | None, resources: str | Path | None, device: torch.device,
+                recall_feature: str | None = None) -> tuple[dict[str, Any], dict[str, str], str]:
+    """Extractors {name: FeatureExtractor}, fd modes {mode: extractor name}, recall extractor name."""
+    from lct.metrics import build_feature
+
+    if feature not in SUITES:
+        raise ValueError(f"--feature {feature!r}; choose one of {sorted(SUITES)}")
+    suite = SUITES[feature]
+    fd = dict(suite["fd"])
+    if modes:
+        unknown = [m for m in modes if m not in fd]
+        if unknown:
+            raise ValueError(f"--fid-modes {unknown} not available for --feature {feature}; choose from {sorted(fd)}")
+        fd = {m: fd[m] for m in modes}
+    rec = recall_feature or suite["recall"]
+    names = sorted(set(fd.values()) | {rec})
+    return {n: build_feature(n, resources, device) for n in names}, fd, rec
+
+
+def _atomic_savez(path: Path, **arrays: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _atomic_json(path: Path, obj: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --- reference statistics ----------------------------------------------------------------------
+
+def compute_ref_stats(images: np.ndarray, feature: str, resources: str | Path | None, device: torch.device,
+                      image_format: str = "jpeg", quality: int = DEFAULT_JPEG_QUALITY, batch_size: int = 250,
+                      recall_num: int = 50000, seed: int = 0, modes: list[str] | None = None,
+                      recall_feature: str | None = None) -> dict[str, Any]:
+    """mu / sigma per Frechet mode over all `images`, and Recall features of a seeded subset."""
+    from lct.metrics import feature_stats
+
+    extractors, fd, rec = build_suite(feature, modes, resources, device, recall_feature)
+    n = len(images)
+    subset = np.sort(np.random.default_rng(seed).permutation(n)[: min(recall_num, n)])
+    in_subset = np.zeros(n, bool)
+    in_subset[subset] = True
+    feats: dict[str, list[np.ndarray]] = {name: [] for name in set(fd.values())}
+    rec_feats: list[np.ndarray] = []
+    for i in range(0, n, batch_size):
+        batch = apply_image_format(np.asarray(images[i : i + batch_size]), image_format, quality)
+        for name in feats:
+            feats[name].append(extractors[name](batch))
+        mask = in_subset[i : i + batch_size]
+        if mask.any():
+            rec_feats.append(feats[rec][-1][mask] if rec in feats else extractors[rec](batch[mask]))
+    out: dict[str, Any] = {
+        "feature": feature, "image_format": image_format, "jpeg_quality": quality, "num_images": n,
+        "fd_modes": np.array(list(fd)), "recall_feature": rec, "recall_feats": np.concatenate(rec_feats).astype(np.float32),
+    }
+    for mode, name in fd.items():
+        mu, sigma = feature_stats(np.concatenate(feats[name]))
+        out[f"mu_{mode}"], out[f"sigma_{mode}"] = mu, sigma
+    return out
+
+
+def ref_stats_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lct ref-stats", description="reference feature statistics of a dataset's images")
+    p.add_argument("--data", required=True, help="dataset dir with images.npy")
+    p.add_argument("--feature", required=True, choices=sorted(SUITES))
+    p.add_argument("--resources", default=None, help="folder of pretrained files (lct fetch-weights) / digit-classifier.pt")
+    p.add_argument("--out", required=True, help="ref/<dataset>-<feature>.npz")
+    p.add_argument("--fid-modes", nargs="+", default=None)
+    p.add_argument("--image-format", choices=IMAGE_FORMATS, default="jpeg")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+    p.add_argument("--recall-num", type=int, default=50000, help="real images whose features Recall uses")
+    p.add_argument("--recall-feature", default=None, help="override the suite's Recall extractor (e.g. inception_clean)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    path = Path(a.data) / "images.npy"
+    if not path.is_file():
+        raise SystemExit(f"lct ref-stats: {path} not found; run `lct prepare-data` first")
+    images = np.load(path, mmap_mode="r")
+    t0 = time.time()
+    stats = compute_ref_stats(images, a.feature, a.resources, pick_device(a.device), a.image_format, a.jpeg_quality,
+                              a.batch_size, a.recall_num, modes=a.fid_modes, recall_feature=a.recall_feature)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_savez(out, data=str(a.data), **stats)
+    print(f"ref-stats {a.feature} of {stats['num_images']} images in {time.time() - t0:.1f}s -> {out}")
+    return 0
+
+
+def load_ref(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics {path} not found; run `lct ref-stats --data data/<ds> --out {path}`")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files}
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def shard_features(images: Iterator[np.ndarray], extractors: dict[str, Any], image_format: str, quality: int,
+                   export: tuple[Path, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """Features of a stream of uint8 NHWC batches, after the image-format round trip; optionally export."""
+    feats: dict[str, list[np.ndarray]] = {n: [] for n in extractors}
+    done = 0
+    for batch in images:
+        if export is not None:
+            folder, seeds = export
+            ext = "jpg" if image_format == "jpeg" else "png"
+            for b, s in zip(encode_images(batch, image_format, quality), seeds[done : done + len(batch)]):
+                (folder / f"{s:06d}.{ext}").write_bytes(b)
+        seen = apply_image_format(batch, image_format, quality)
+        for n, ex in extractors.items():
+            feats[n].append(ex(seen))
+        done += len(batch)
+    return {n: np.concatenate(v).astype(np.float32) for n, v in feats.items()}
+
+
+def run_evaluation(images_for_seeds: Any, seeds: list[int], extractors: dict[str, Any], fd: dict[str, str], rec: str,
+                   ref: dict[str, Any], cache_dir: Path, cache_key: dict[str, Any], image_format: str = "jpeg",
+                   quality: int = DEFAULT_JPEG_QUALITY, shard_size: int = 5000, recall_k: int = 3,
+                   export_dir: Path | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Stream `images_for_seeds(seed_list) -> Iterator[uint8 NHWC]` shard by shard into the metrics.
+
+    Each shard's features are saved under `cache_dir` (atomically); a rerun with the same
+    `cache_key` skips finished shards. Returns {"fid": {mode: fd}, "precision", "recall", ...}.
+    """
+    from lct.metrics import feature_stats, frechet_distance, precision_recall
+
+    meta_path = cache_dir / "meta.json"
+    if cache_dir.exists() and (not meta_path.is_file() or json.loads(meta_path.read_text()) != cache_key):
+        shutil.rmtree(cache_dir)  # features of another checkpoint / protocol: start over
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(meta_path, cache_key)
+    if export_dir is not None:
+        export_dir.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in extractors}
+    for j, start in enumerate(range(0, len(seeds), shard_size)):
+        shard_seeds = seeds[start : start + shard_size]
+        path = cache_dir / f"shard-{j:05d}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                got = {n: z[n] for n in extractors}
+        else:
+            export = (export_dir, shard_seeds) if export_dir is not None else None
+            got = shard_features(images_for_seeds(shard_seeds), extractors, image_format, quality, export)
+            if any(len(v) != len(shard_seeds) for v in got.values()):
+                raise RuntimeError(f"shard {j}: sampler returned {len(next(iter(got.values())))} images for {len(shard_seeds)} seeds")
+            _atomic_savez(path, **got)
+        for n in extractors:
+            parts[n].append(got[n])
+    feats = {n: np.concatenate(v) for n, v in parts.items()}
+    result: dict[str, Any] = {"fid": {}}
+    for mode, name in fd.items():
+        if f"mu_{mode}" not in ref:
+            raise KeyError(f"reference statistics have no mode {mode!r} (have {list(ref.get('fd_modes', []))}); recompute them with `lct ref-stats --fid-modes ...`")
+        mu, sigma = feature_stats(feats[name])
+        result["fid"][mode] = frechet_distance(mu, sigma, ref[f"mu_{mode}"], ref[f"sigma_{mode}"])
+    real = ref["recall_feats"]
+    if len(real) > len(seeds):  # equal set sizes, as in Kynkaanniemi et al. (k-NN radii depend on the count)
+        real = real[np.sort(np.random.default_rng(0).permutation(len(real))[: len(seeds)])]
+    result["precision"], result["recall"] = precision_recall(real, feats[rec], k=recall_k, device=device)
+    result["recall_real_count"] = int(len(real))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lct evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="runs/<e>/final.pt or runs/<e>/snapshots/ema-<step>.pt")
+    p.add_argument("--data", required=True, help="data/<ds>/latents (latent models) or data/<ds> (pixel models): decodes samples")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--nfe", type=int, required=True)
+    p.add_argument("--num-samples", type=int, default=50000)
+    p.add_argument("--ema", default="0.99993", help="EMA decay of the weights to evaluate, or 'online'")
+    p.add_argument("--feature", required=True, choices=sorted(SUITES))
+    p.add_argument("--ref", required=True, help="ref/<ds>-<feature>.npz from `lct ref-stats`")
+    p.add_argument("--resources", default=None)
+    p.add_argument("--out", required=True, help="eval/<e>/nfe<k>.json")
+    p.add_argument("--fid-modes", nargs="+", default=None, help="subset of the reference's modes (default: all of them)")
+    p.add_argument("--image-format", choices=IMAGE_FORMATS, default="jpeg")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+    p.add_argument("--export-dir", default=None, help="also save every image (as the metric saw it) here")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--shard-size", type=int, default=5000)
+    p.add_argument("--seed-offset", type=int, default=0, help="image k uses seed offset + k")
+    p.add_argument("--recall-k", type=int, default=3)
+    p.add_argument("--keep-shards", action="store_true", help="keep the cached shard features after success")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    t0 = time.time()
+    device = pick_device(a.device)
+    ref = load_ref(a.ref)
+    if ref.get("feature") != a.feature:
+        raise SystemExit(f"lct evaluate: {a.ref} holds {ref.get('feature')!r} features, not --feature {a.feature}")
+    if ref.get("image_format") != a.image_format:
+        raise SystemExit(f"lct evaluate: {a.ref} was computed on {ref.get('image_format')} images but --image-format is "
+                         f"{a.image_format}; use the same format for both (rerun `lct ref-stats --image-format ...`)")
+    from lct.sample import iter_samples
+    from lct.train import load_checkpoint_model
+    from lct.vae import load_codec
+
+    modes = a.fid_modes or [str(m) for m in ref["fd_modes"]]
+    extractors, fd, rec = build_suite(a.feature, modes, a.resources, device, str(ref["recall_feature"]))
+    model, cfg, info = load_checkpoint_model(a.checkpoint, ema=a.ema, device=device)
+    codec = load_codec(a.data)
+    ckpt_sha = sha256_file(a.checkpoint)
+    seeds = list(range(a.seed_offset, a.seed_offset + a.num_samples))
+
+    def images_for_seeds(s: list[int]) -> Iterator[np.ndarray]:
+        return iter_samples(model, cfg, codec, s, a.nfe, device, a.batch_size)
+
+    out = Path(a.out)
+    cache_dir = out.with_name(out.name + ".shards")
+    key = {"checkpoint_sha256": ckpt_sha, "ema": a.ema, "nfe": a.nfe, "seed_offset": a.seed_offset,
+           "shard_size": a.shard_size, "image_format": a.image_format, "jpeg_quality": a.jpeg_quality,
+           "extractors": sorted(extractors), "data": str(a.data)}
+    res = run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache_dir, key, a.image_format,
+                         a.jpeg_quality, a.shard_size, a.recall_k, Path(a.export_dir) if a.export_dir else None, device)
+    report = {
+        "experiment": a.experiment, "nfe": a.nfe, "ema": a.ema, "num_samples": a.num_samples,
+        "seeds": [seeds[0], seeds[-1]], "feature": a.feature, "image_format": a.image_format,
+        "jpeg_quality": a.jpeg_quality if a.image_format == "jpeg" else None,
+        "fid": res["fid"], "metric_name": SUITES[a.feature]["metric_name"],
+        "precision": res["precision"], "recall": res["recall"], "recall_k": a.recall_k,
+        "recall_feature": rec, "recall_real_count": res["recall_real_count"],
+        "checkpoint": str(a.checkpoint), "checkpoint_sha256": ckpt_sha, "step": info.get("step") if isinstance(info, dict) else None,
+        "ref": str(a.ref), "ref_image_format": ref.get("image_format"), "device": str(device),
+        "wall_time_s": round(time.time() - t0, 2),
+    }
+    _atomic_json(out, report)
+    if not a.keep_shards:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    fids = ", ".join(f"{m} {v:.3f}" for m, v in res["fid"].items())
+    print(f"{a.experiment} nfe{a.nfe}: {report['metric_name']} {fids}; precision {res['precision']:.3f} recall {res['recall']:.3f} -> {out}")
+    return 0

