@@ -1,0 +1,469 @@
+"""`lct train`: train one experiment into a run directory; rerun the same command to resume.
+
+    lct train --config runs/<e>/experiment.yaml --data data/<ds>/latents/ --run-dir runs/<e>/ \
+        [--set train.total_steps=1000 --set loss.distance=cauchy ...] [--device cpu|cuda]
+    torchrun --nproc_per_node 4 -m lct.train ...        # several GPUs: the same command
+
+Contract with the workflow and the SLURM profile
+------------------------------------------------
+* Exit status: 0 = finished (``<run-dir>/final.pt`` exists; rerunning is a no-op);
+  2 = bad command line, config, or dataset (nothing was done; the message names the key or path);
+  3 = preempted: SIGTERM or SIGUSR1 arrived, a checkpoint was saved at the end of the current
+  step, rerun the same command to resume (``EXIT_PREEMPTED``);
+  4 = ``train.max_bad_steps`` consecutive non-finite losses; the last good checkpoint is kept.
+* Resume: the newest complete ``checkpoints/ckpt-<step:08d>.pt`` is loaded (model, EMAs,
+  optimizer, step, RNG state, data order). Every step re-seeds from (seed, rank, step), so an
+  interrupted and resumed run ends with the same weights as an uninterrupted one (CPU, same
+  world size). A checkpoint whose config differs from the command's (beyond logging/checkpoint
+  cadence) is refused rather than silently mixed.
+* SLURM: submit with ``--signal=USR1@300`` (or ``B:USR1@300`` when the batch script forwards it)
+  so the job has time to save before the time limit; on exit 3 requeue the job or let Snakemake
+  retry (``retries:`` in profiles/slurm): the retried command resumes. Under ``torchrun`` every
+  rank agrees on the stopping step, rank 0 saves, all ranks exit 3 (torchrun itself then reports
+  a failure status, which a retry treats the same way).
+* Only ``final.pt`` is a workflow output; ``checkpoints/`` stays undeclared so Snakemake never
+  deletes it when a job fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lct import checkpoint as ckio
+from lct import distributed as ddist
+from lct.config import ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
+from lct.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
+
+EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS = 0, 2, 3, 4
+
+# Fields that may change between a checkpoint and the resuming command (cadence, not the math).
+RESUME_MAY_CHANGE = {"name", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+                     "train.snapshot_every", "train.num_workers", "train.compile", "train.max_bad_steps"}
+
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint was saved."""
+
+
+class BadStepsError(RuntimeError):
+    """Too many consecutive non-finite losses."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def apply_sets(d: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML); unknown keys name the key."""
+    import yaml
+
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set loss.distance=cauchy")
+        key, raw = item.split("=", 1)
+        node = d
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[:i]) or "the top level"
+                valid = sorted(node) if isinstance(node, dict) else []
+                raise ConfigError(f"--set {key}: unknown key {part!r} under {where}; valid keys are {valid}")
+            if i < len(parts) - 1:
+                node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return d
+
+
+def resolve_config(config_path: str | Path, sets: list[str] | None = None) -> ExperimentConfig:
+    """Load the experiment YAML, apply --set overrides, type-check and validate."""
+    cfg = load_experiment(config_path)
+    if sets:
+        cfg = ExperimentConfig.from_dict(apply_sets(cfg.to_dict(), sets), where=f"{config_path} with --set")
+    return validate(cfg)
+
+
+def check_data_dir(path: str | Path) -> Path:
+    """Fail before any work when the dataset dir is missing or holds neither format."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"--data {p}: no such directory; run `lct prepare-data` / `lct encode` first")
+    if not (p / "latents.npy").is_file() and not (p / "images.npy").is_file():
+        raise FileNotFoundError(f"--data {p}: holds neither latents.npy (from `lct encode`) nor images.npy "
+                                f"(from `lct prepare-data`)")
+    return p
+
+
+def total_steps_for(cfg: ExperimentConfig, num_images: int) -> int:
+    """train.total_steps, or train.epochs x N / batch rounded up."""
+    if cfg.train.total_steps is not None:
+        return int(cfg.train.total_steps)
+    return max(1, math.ceil(float(cfg.train.epochs) * num_images / cfg.train.batch_size))
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, key + ".")
+        elif va != vb and key not in RESUME_MAY_CHANGE:
+            out.append(f"{key}: {va!r} -> {vb!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------- randomness, data
+
+
+def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed for (seed, rank, step, stream): each step's randomness, independent of history."""
+    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class DataOrder:
+    """Epoch permutations laid end to end; global step s takes positions [s B, (s+1) B).
+
+    Rank r takes its contiguous shard [r b, (r+1) b) of the global batch (b = B / world), so the
+    data order is a function of (seed, step) alone and resumes from the step counter.
+    """
+
+    def __init__(self, num_images: int, seed: int, global_batch: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.seed, self.B = num_images, seed, global_batch
+        self.b, self.rank = global_batch // world_size, rank
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(step_seed(self.seed, 0, epoch, stream=0xDA7A))
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        pos = torch.arange(self.b, dtype=torch.long) + step * self.B + self.rank * self.b
+        epochs = pos // self.n
+        out = torch.empty_like(pos)
+        for e in epochs.unique().tolist():
+            m = epochs == e
+            out[m] = self.perm(e)[pos[m] % self.n]
+        return out
+
+    def state(self, step: int) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": step * self.B // self.n, "position": step * self.B % self.n,
+                "global_batch": self.B}
+
+
+# ----------------------------------------------------------------------------- EMA, optimizer
+
+
+class EMA:
+    """Evaluation EMAs of the online weights, keyed by the decay as a string ("0.99993")."""
+
+    def __init__(self, model: torch.nn.Module, decays: list[float]) -> None:
+        self.decays = {f"{d}": float(d) for d in decays}
+        self.shadows = {k: {n: t.detach().clone() for n, t in model.state_dict().items()} for k in self.decays}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        sd = model.state_dict()
+        for k, decay in self.decays.items():
+            sh = self.shadows[k]
+            floats = [n for n, t in sh.items() if t.is_floating_point()]
+            torch._foreach_lerp_([sh[n] for n in floats], [sd[n].detach() for n in floats], 1.0 - decay)
+            for n, t in sh.items():
+                if not t.is_floating_point():
+                    t.copy_(sd[n])
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return self.shadows
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        missing = sorted(set(self.decays) - set(state))
+        if missing:
+            raise ConfigError(f"checkpoint lacks EMA(s) {missing}; it holds {sorted(state)}")
+        for k in self.decays:
+            for n, t in self.shadows[k].items():
+                t.copy_(state[k][n])
+
+
+def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    opt = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[t.optimizer]
+    return opt(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def make_objective(cfg: ExperimentConfig, total_steps: int):
+    """The loss object (lct.objectives); a seam where tests wrap the objective."""
+    from lct.objectives import build_objective
+
+    return build_objective(cfg, total_steps)
+
+
+def build_model(cfg: ExperimentConfig, img_resolution: int, in_channels: int) -> torch.nn.Module:
+    from lct.precond import build_model as _build
+
+    return _build(cfg, img_resolution, in_channels)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Record SIGTERM / SIGUSR1 instead of dying; the loop checkpoints at the end of the step."""
+    received: list[int] = []
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            old[sig] = signal.signal(sig, lambda s, _f: received.append(s))
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _fork_rng(device: torch.device):
+    """Scope for seeded global RNG use, restoring the caller's RNG state afterwards."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
+          device: str | None = None, quiet: bool = False) -> torch.nn.Module:
+    """Train (or resume) one experiment; returns the online model (unwrapped). Raises Preempted,
+    BadStepsError, ConfigError."""
+    from lct.data import load_training_data
+
+    run_dir = Path(run_dir)
+    dinfo = ddist.init(device)
+    dev, rank, world = dinfo.device, dinfo.rank, dinfo.world_size
+    try:
+        t = cfg.train
+        if t.batch_size % world:
+            raise ConfigError(f"train.batch_size = {t.batch_size} is not divisible by the world size {world}")
+        if (run_dir / "final.pt").is_file():
+            if dinfo.is_main and not quiet:
+                print(f"lct train: {run_dir / 'final.pt'} exists; nothing to do", file=sys.stderr)
+            return load_checkpoint_model(run_dir / "final.pt", "online", dev)[0]
+        data, info = load_training_data(data_path)
+        n, shape = data.shape[0], list(data.shape)
+        total = total_steps_for(cfg, n)
+        if dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = t.tf32
+            torch.backends.cudnn.allow_tf32 = t.tf32
+
+        with _fork_rng(dev):  # weights depend on train.seed only, identical on every rank
+            torch.manual_seed(t.seed)
+            model = build_model(cfg, shape[2], shape[1]).to(dev)
+        ema = EMA(model, t.ema_decays)
+        opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        objective = make_objective(cfg, total)
+        order = DataOrder(n, t.seed, t.batch_size, rank, world)
+        data_meta = {"path": str(data_path), "shape": shape, "info": ckio.plain(info)}
+        log = JsonlLog(run_dir / "log.jsonl")
+
+        start, bad_total, bad_run = 0, 0, 0
+        latest = ckio.latest_checkpoint(run_dir)
+        if latest is not None:
+            state = ckio.load(latest)
+            diff = _config_diff(state["config"], cfg.to_dict())
+            if diff:
+                raise ConfigError(f"{latest} was trained with a different config ({'; '.join(diff)}); "
+                                  f"use a new --run-dir or delete {run_dir / 'checkpoints'}")
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            start = int(state["step"])
+            bad_total = int(state["bad_steps"]["total"])
+            bad_run = int(state["bad_steps"]["consecutive"])
+            if rank == 0:
+                ckio.set_rng_state(state["rng"], dev)
+        if dinfo.is_main:
+            save_experiment(cfg, run_dir / "config.yaml")
+            log.truncate_after(start)
+            if not quiet:
+                print(f"lct train: {cfg.name}: {n} images {shape[1:]}, {total} steps of {t.batch_size} "
+                      f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
+                                                            if latest else "starting"), file=sys.stderr)
+
+        net: torch.nn.Module = model
+        if t.compile:
+            net = torch.compile(net)
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+        params = [p for p in model.parameters() if p.requires_grad]
+        max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
+
+        def save(step: int) -> None:
+            if dinfo.is_main:
+                ckio.save_atomic({
+                    "kind": "checkpoint", "config": cfg.to_dict(), "step": step, "model": model.state_dict(),
+                    "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": ckio.rng_state(dev),
+                    "data": {**data_meta, **order.state(step)}, "world_size": world,
+                    "bad_steps": {"total": bad_total, "consecutive": bad_run}}, ckio.ckpt_path(run_dir, step))
+                ckio.prune(run_dir, t.keep_checkpoints)
+            ddist.barrier()  # no rank leaves (e.g. on preemption) before the file is complete
+
+        bar = ProgressBar(start, total, enabled=dinfo.is_main and not quiet)
+        window, t_window, steps_window = Averager(), time.perf_counter(), 0
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        model.train()
+        with _stop_signals() as stop:
+            for step in range(start, total):
+                x0 = data[order.indices(step)].to(dev, non_blocking=True)
+                noise_gen = torch.Generator(dev).manual_seed(step_seed(t.seed, rank, step))
+                noise = torch.randn(x0.shape, generator=noise_gen, device=dev)
+                gen = torch.Generator().manual_seed(step_seed(t.seed, rank, step, stream=2))  # objective: CPU
+                with _fork_rng(dev):  # dropout and any module randomness: also from (seed, rank, step)
+                    torch.manual_seed(step_seed(t.seed, rank, step, stream=1))
+                    with autocast:
+                        per_sample, logs = objective(net, x0, noise, step, generator=gen)
+                    loss = per_sample.float().mean()
+                    bad = ddist.any_true(not bool(torch.isfinite(loss)), dev)
+                    if not bad:
+                        loss.backward()
+                grad_norm = float("nan")
+                if not bad:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                    bad = not math.isfinite(grad_norm)  # grads are all-reduced: every rank agrees
+                if bad:
+                    opt.zero_grad(set_to_none=True)
+                    bad_total, bad_run = bad_total + 1, bad_run + 1
+                    if bad_run >= t.max_bad_steps:
+                        last = ckio.latest_checkpoint(run_dir)
+                        raise BadStepsError(
+                            f"{bad_run} consecutive non-finite losses or gradients at step {step} "
+                            f"(train.max_bad_steps = {t.max_bad_steps}); the last good checkpoint is "
+                            f"{last or 'none'}. Lower train.lr, set train.grad_clip, or check the data.")
+                else:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    ema.update(model)
+                    bad_run = 0
+                logs = {**{k: float(v) for k, v in logs.items()}, "loss": float(loss.detach()), "grad_norm": grad_norm}
+                window.add(logs)
+                steps_window += 1
+                bar.update(logs)
+                done = step + 1
+                if done % t.log_every == 0 or done == total:
+                    rec = ddist.mean_scalars(window.pop(), dev)
+                    elapsed = time.perf_counter() - t_window
+                    rec.update(step=done, epoch=done * t.batch_size / n, lr=opt.param_groups[0]["lr"],
+                               images_per_s=steps_window * t.batch_size / max(elapsed, 1e-9),
+                               bad_steps=bad_total, peak_mem_mb=_peak_mem_mb(dev), time=time.time())
+                    if dinfo.is_main:
+                        log.write({"step": done, **{k: v for k, v in rec.items() if k != "step"}})
+                    t_window, steps_window = time.perf_counter(), 0
+                if t.snapshot_every and done % t.snapshot_every == 0 and dinfo.is_main:
+                    ckio.save_atomic({"kind": "snapshot", "config": cfg.to_dict(), "step": done,
+                                      "ema": ema.state_dict(), "data": data_meta},
+                                     ckio.snapshot_path(run_dir, done))
+                stopping = ddist.any_true(bool(stop), dev)
+                if (done % t.checkpoint_every == 0 or stopping) and done < total:
+                    save(done)
+                if stopping and done < total:
+                    bar.close()
+                    raise Preempted(f"signal {stop[0] if stop else '(other rank)'}: checkpoint saved at "
+                                    f"step {done}; rerun the same command to resume")
+        bar.close()
+        if dinfo.is_main:
+            ckio.save_atomic({"kind": "final", "config": cfg.to_dict(), "step": total, "model": model.state_dict(),
+                              "ema": ema.state_dict(), "data": data_meta}, run_dir / "final.pt")
+            plot_losses(log.read(), run_dir / "loss.png", title=cfg.name)
+        ddist.barrier()
+        return model
+    finally:
+        ddist.shutdown()
+
+
+def _peak_mem_mb(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------- loading weights
+
+
+def load_checkpoint_model(path: str | Path, ema: str = "0.99993", device: str | torch.device = "cpu"
+                          ) -> tuple[torch.nn.Module, ExperimentConfig, dict[str, Any]]:
+    """(model in eval mode, config, info) from final.pt, a ckpt-*.pt or a snapshot.
+
+    `ema` is a decay string as written in the config ("0.99993") or "online" for the raw weights.
+    info: {"step", "ema", "path", "data": {"path", "shape", ...}}.
+    """
+    state = ckio.load(path)
+    cfg = ExperimentConfig.from_dict(state["config"], where=f"{path} config")
+    if ema == "online":
+        if "model" not in state:
+            raise ConfigError(f"{path} holds only EMA weights {sorted(state['ema'])}; pass --ema one of them")
+        weights = state["model"]
+    else:
+        key = f"{float(ema)}" if ema.replace(".", "", 1).isdigit() else ema
+        if key not in state.get("ema", {}):
+            raise ConfigError(f"{path}: no EMA {ema!r}; it holds {sorted(state.get('ema', {}))} and 'online'")
+        weights = state["ema"][key]
+    shape = state["data"]["shape"]
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg, shape[2], shape[1])
+    model.load_state_dict(weights)
+    model.to(device).eval().requires_grad_(False)
+    info = {"step": int(state["step"]), "ema": ema, "path": str(path), "data": state["data"]}
+    return model, cfg, info
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lct train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="resolved experiment YAML (lct.config)")
+    p.add_argument("--data", required=True, help="latents dir (lct encode) or dataset dir (images.npy)")
+    p.add_argument("--run-dir", required=True, help="output dir: config.yaml, checkpoints/, log.jsonl, final.pt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:  # everything that can be wrong with the command is checked before any work
+        cfg = resolve_config(args.config, args.set)
+        check_data_dir(args.data)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"lct train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        train(cfg, args.data, args.run_dir, device=args.device, quiet=args.quiet)
+    except Preempted as e:
+        print(f"lct train: preempted: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except BadStepsError as e:
+        print(f"lct train: error: {e}", file=sys.stderr)
+        return EXIT_BAD_STEPS
+    except ConfigError as e:
+        print(f"lct train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
