@@ -1,0 +1,154 @@
+"""`lct encode`: encode a dataset once into VAE latents, in shards, resumably.
+
+Each shard of `--shard-size` images is encoded in batches and written atomically to
+``<out>/shards/shard-<i:05d>.npy``; a rerun skips the shards already there. When all exist they are
+concatenated into ``latents.npy`` (float32 [N, 4, h, w], raw VAE space), the normalization
+statistics are fitted into ``norm.npz`` and ``latents.json`` is written last (it marks completion),
+then the shards are removed.
+
+What is stored: the posterior MEAN of q(z|x), not a sample. It is deterministic (the dataset is
+fixed once encoded and identical across reruns and machines), and a sample would bake one draw of
+the posterior noise into every epoch anyway. The posterior std is not stored per element; its
+average is recorded in latents.json (``posterior_std_mean``) so its size relative to the data is
+visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lct.vae import NORMALIZATIONS, LatentNormalizer, VAEError, load_vae, to_model_space
+
+
+def _shard_path(out: Path, i: int) -> Path:
+    return out / "shards" / f"shard-{i:05d}.npy"
+
+
+def _finished(out: Path, plan: dict[str, Any], normalization: str) -> dict[str, Any] | None:
+    """latents.json of a completed encode of the same VAE and data (norm refitted if the mode changed)."""
+    f = out / "latents.json"
+    if not (f.is_file() and (out / "latents.npy").is_file()):
+        return None
+    meta = json.loads(f.read_text())
+    if (meta.get("vae_abs"), meta.get("data_abs"), meta.get("count")) != (plan["vae"], plan["data"], plan["count"]):
+        return None
+    if meta.get("normalization") != normalization or not (out / "norm.npz").is_file():
+        norm = LatentNormalizer.fit(np.load(out / "latents.npy", mmap_mode="r"), normalization)
+        norm.save(out / "norm.npz")
+        meta.update(normalization=normalization, scale=norm.scale, target_std=norm.target_std)
+        tmp = out / "latents.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(f)
+    return meta
+
+
+@torch.no_grad()
+def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, normalization: str = "standardize",
+                   batch_size: int = 64, shard_size: int = 2048, device: str | None = None) -> dict[str, Any]:
+    """Encode ``data/images.npy`` with the VAE in `vae_dir` into `out`; returns a summary.
+
+    The summary's ``encoded_shards`` lists the shard indices encoded by THIS call (resume check).
+    """
+    data, out = Path(data), Path(out)
+    if normalization not in NORMALIZATIONS:
+        raise VAEError(f"--normalization {normalization!r}: choose one of {NORMALIZATIONS}")
+    img_file = data / "images.npy"
+    if not img_file.is_file():
+        raise VAEError(f"{img_file} is missing; run `lct prepare-data --out {data}` first")
+    images = np.load(img_file, mmap_mode="r")
+    n, h, w, c = images.shape
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae = load_vae(vae_dir, device)
+    if vae.config.in_channels != c:
+        raise VAEError(f"VAE {vae_dir} takes {vae.config.in_channels} channels but {img_file} has {c}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shards").mkdir(exist_ok=True)
+
+    # Shards from a different run (other VAE, data or shard size) must not be mixed in.
+    plan = {"vae": str(Path(vae_dir).resolve()), "data": str(data.resolve()), "count": n, "shard_size": shard_size}
+    done = _finished(out, plan, normalization)
+    if done is not None:
+        return {**done, "encoded_shards": []}
+    plan_file = out / "shards" / "plan.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+        raise VAEError(f"{out / 'shards'} holds shards of a different encode ({plan_file}); delete that folder")
+    plan_file.write_text(json.dumps(plan))
+
+    num_shards = (n + shard_size - 1) // shard_size
+    encoded, std_sum, t0 = [], 0.0, time.time()
+    for i in range(num_shards):
+        if _shard_path(out, i).is_file():
+            continue  # finished by an earlier (interrupted) run
+        lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
+        means, stds = [], []
+        for b in range(lo, hi, batch_size):
+            post = vae.encode(to_model_space(images[b : min(hi, b + batch_size)]).to(device)).latent_dist
+            means.append(post.mean.float().cpu().numpy())
+            stds.append(float(post.std.float().mean()) * len(means[-1]))
+        tmp = _shard_path(out, i).with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate(means))
+        tmp.replace(_shard_path(out, i))
+        encoded.append(i)
+        std_sum += sum(stds)
+        print(f"encode: shard {i + 1}/{num_shards} ({hi - lo} images)", file=sys.stderr)
+
+    # Concatenate (memory-mapped, temporary name, then rename), then statistics.
+    first = np.load(_shard_path(out, 0), mmap_mode="r")
+    shape = (n, *first.shape[1:])
+    tmp = out / "latents.tmp.npy"
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    for i in range(num_shards):
+        arr[i * shard_size : min(n, (i + 1) * shard_size)] = np.load(_shard_path(out, i))
+    arr.flush()
+    del arr
+    tmp.replace(out / "latents.npy")
+    latents = np.load(out / "latents.npy", mmap_mode="r")
+    norm = LatentNormalizer.fit(latents, normalization)
+    norm.save(out / "norm.npz")
+    prev = json.loads((out / "latents.json").read_text()) if (out / "latents.json").is_file() else {}
+    meta = {
+        "vae": str(vae_dir), "vae_abs": str(Path(vae_dir).resolve()), "data": str(data), "data_abs": str(data.resolve()), "count": n,
+        "latent_shape": list(shape[1:]), "image_shape": [h, w, c], "posterior": "mean",
+        "normalization": normalization, "scale": norm.scale, "target_std": norm.target_std,
+        "shard_size": shard_size, "num_shards": num_shards,
+        "posterior_std_mean": (std_sum / max(1, sum(min(n, (i + 1) * shard_size) - i * shard_size for i in encoded)))
+        if encoded else prev.get("posterior_std_mean"),
+        "raw_std": float(np.std(latents[: min(n, 4096)])), "encode_seconds": time.time() - t0,
+    }
+    jtmp = out / "latents.json.tmp"
+    jtmp.write_text(json.dumps(meta, indent=2))
+    jtmp.replace(out / "latents.json")
+    shutil.rmtree(out / "shards")  # latents.npy now holds everything; the shards would double the disk use
+    return {**meta, "encoded_shards": encoded}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lct encode", description="encode a dataset into VAE latents (resumable)")
+    ap.add_argument("--data", required=True, help="dataset dir with images.npy")
+    ap.add_argument("--vae", required=True, help="local AutoencoderKL folder")
+    ap.add_argument("--normalization", default="standardize", choices=NORMALIZATIONS)
+    ap.add_argument("--out", required=True, help="latents dir")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--shard-size", type=int, default=2048)
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    a = ap.parse_args(argv)
+    try:
+        s = encode_dataset(a.data, a.vae, a.out, a.normalization, a.batch_size, a.shard_size, a.device)
+    except VAEError as e:
+        print(f"lct encode: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: s[k] for k in ("count", "latent_shape", "normalization", "encoded_shards")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
