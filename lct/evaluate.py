@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-offset", type=int, default=0, help="image k uses seed offset + k")
     p.add_argument("--recall-k", type=int, default=3)
     p.add_argument("--keep-shards", action="store_true", help="keep the cached shard features after success")
+    p.add_argument("--vae", default=None, help="VAE dir overriding the one named in <data>/latents.json")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     t0 = time.time()
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = a.fid_modes or [str(m) for m in ref["fd_modes"]]
     extractors, fd, rec = build_suite(a.feature, modes, a.resources, device, str(ref["recall_feature"]))
     model, cfg, info = load_checkpoint_model(a.checkpoint, ema=a.ema, device=device)
-    codec = load_codec(a.data)
+    codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size)
     ckpt_sha = sha256_file(a.checkpoint)
     seeds = list(range(a.seed_offset, a.seed_offset + a.num_samples))
 
