@@ -1,0 +1,56 @@
+# Train stage: one job per distinct experiment (table cells naming the same experiment share it).
+
+
+# The experiment's resolved config (preset < defaults < overrides). Its params are the resolved
+# config itself, so with the `params` rerun trigger only an experiment whose settings changed
+# gets a new file, and only it and its dependants rerun.
+rule experiment_config:
+    output:
+        f"{RESULTS}/configs/{{experiment}}.yaml",
+    log:
+        f"{RESULTS}/logs/experiment_config/{{experiment}}.log",
+    params:
+        resolved=experiment_json,
+    run:
+        write_experiment_config(params.resolved, output[0], log[0])
+
+
+# Only final.pt is declared: checkpoints/ stay undeclared so a failed or preempted job never loses
+# them, and rerunning the same command resumes. Several GPUs: torchrun inside one job.
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        f"{RESULTS}/runs/{{experiment}}/final.pt",
+    log:
+        f"{RESULTS}/logs/train/{{experiment}}.log",
+    conda:
+        ENV
+    params:
+        data=train_data_dir,
+        run_dir=run_dir,
+    shell:
+        "if [ {resources.gpu} -gt 1 ]; then "
+        "torchrun --standalone --nproc_per_node {resources.gpu} -m lct.cli train "
+        "--config {input.config} --data {params.data} --run-dir {params.run_dir} --quiet; "
+        "else lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} --quiet; "
+        "fi >> {log} 2>&1"
+
+
+# The demo's metric: a small digit classifier whose features replace Inception.
+rule train_classifier:
+    input:
+        classifier_images,
+    output:
+        classifier_path(),
+    log:
+        f"{RESULTS}/logs/train_classifier.log",
+    conda:
+        ENV
+    threads: 2
+    params:
+        data=classifier_data,
+        steps=classifier_steps,
+    shell:
+        "lct train-classifier --data {params.data} --out {output} --steps {params.steps} "
+        "--threads {threads} > {log} 2>&1"
