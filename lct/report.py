@@ -118,8 +118,10 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
         footnotes.append("FID legacy_pytorch: clean-fid's pytorch-fid mode, the authors' protocol; "
                          "FID clean: clean-fid's default mode, for reference. Δ = ours − paper.")
     footnotes += [f"{k}: {v}" for k, v in notes.items()]
-    caption = (f"Table {pub_id} ({tcfg.get('dataset', pub[0]['dataset'])}; paper: {pub[0]['dataset']}): reproduced "
-               f"beside published")
+    ds = tcfg.get("dataset", pub[0]["dataset"])
+    where = ds if ds == pub[0]["dataset"] else f"{ds}; paper: {pub[0]['dataset']}"
+    caption = f"Table {pub_id} ({where}): reproduced beside published"
+
     return {"key": key, "columns": cols, "rows": rows, "footnotes": footnotes, "caption": caption, "metric": m}
 
 

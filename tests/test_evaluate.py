@@ -98,3 +98,39 @@ def test_evaluate_rejects_mismatched_reference(setup, tmp_path):
     with pytest.raises(SystemExit, match="image-format"):
         ev.main(["--checkpoint", "none.pt", "--data", "none", "--experiment", "e", "--nfe", "1", "--feature",
                  "digit_classifier", "--ref", str(out), "--out", str(tmp_path / "e.json"), "--image-format", "png"])
+
+
+def tiny_checkpoint(path, resolution: int = 28, channels: int = 1, step: int = 7):
+    """A final.pt in the run-directory format (random tiny UNet; the metric path does not need a trained one)."""
+    from lct.config import resolve_experiment
+    from lct.precond import build_model
+
+    cfg = resolve_experiment("ilct", {"network": {"size": "tiny"}, "train": {"total_steps": 10, "ema_decays": [0.99]}},
+                             name="tiny", dataset="mnist")
+    torch.manual_seed(0)
+    sd = build_model(cfg, resolution, channels).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg.to_dict(), "step": step, "model": sd, "ema": {"0.99": sd},
+                "data": {"path": "data/mnist", "shape": [600, channels, resolution, resolution]}}, path)
+    return path
+
+
+def test_evaluate_cli_end_to_end(setup, tmp_path):
+    root, _ = setup
+    ref = tmp_path / "ref.npz"
+    assert ev.ref_stats_main(["--data", str(root / "mnist"), "--feature", "digit_classifier", "--resources", str(root),
+                              "--out", str(ref), "--image-format", "png", "--device", "cpu"]) == 0
+    ckpt = tiny_checkpoint(tmp_path / "runs" / "tiny" / "snapshots" / "ema-00000007.pt")
+    out = tmp_path / "eval" / "tiny" / "snapshots" / "ema-00000007.json"
+    argv = ["--checkpoint", str(ckpt), "--data", str(root / "mnist"), "--experiment", "tiny", "--nfe", "1",
+            "--num-samples", "48", "--ema", "0.99", "--feature", "digit_classifier", "--ref", str(ref),
+            "--resources", str(root), "--out", str(out), "--image-format", "png", "--batch-size", "16",
+            "--shard-size", "32", "--seed-offset", "100", "--device", "cpu", "--export-dir", str(tmp_path / "img")]
+    assert ev.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["metric_name"] == "FD-digit" and set(res["fid"]) == {"frechet_digit"} and res["fid"]["frechet_digit"] > 0
+    assert res["seeds"] == [100, 147] and res["num_samples"] == 48 and res["step"] == 7 and res["ema"] == "0.99"
+    assert 0 <= res["recall"] <= 1 and 0 <= res["precision"] <= 1 and len(res["checkpoint_sha256"]) == 64
+    assert res["image_format"] == "png" and res["jpeg_quality"] is None
+    assert not (out.parent / (out.name + ".shards")).exists()  # cache removed after success
+    assert sorted(p.name for p in (tmp_path / "img").iterdir())[0] == "000100.png"
