@@ -112,12 +112,12 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.M
             f"VAE folder {path} is missing or has no config.json. Paper: run `snakemake fetch_weights` "
             f"(lct fetch-weights --out <resources>) on a machine with internet; demo: `lct train-vae --out {path}`"
         )
-    vae = _autoencoder_cls().from_pretrained(str(path), local_files_only=True)
+    vae = _autoencoder_cls().from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     return vae.to(device).eval().requires_grad_(False)
 
 
-def build_tiny_vae(in_channels: int = 1, resolution: int = 32, widths: tuple[int, ...] = (32, 32, 64, 64)):
-    """A small `AutoencoderKL`: 4 latent channels, downsampling 8 (len(widths) - 1 = 3 halvings)."""
+def build_tiny_vae(in_channels: int = 1, resolution: int = 32, widths: tuple[int, ...] = (32, 64, 64)):
+    """A small `AutoencoderKL`: 4 latent channels, len(widths) - 1 halvings (demo: 32x32 -> 8x8)."""
     n = len(widths)
     if resolution % 2 ** (n - 1):
         raise VAEError(f"resolution {resolution} is not divisible by {2 ** (n - 1)}")
@@ -158,7 +158,7 @@ def reconstruction_error(vae: torch.nn.Module, images: np.ndarray, batch_size: i
 
 
 def train_tiny_vae(images: np.ndarray, out_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: float = 2e-3,
-                   kl_weight: float = 1e-6, seed: int = 0, widths: tuple[int, ...] = (32, 32, 64, 64),
+                   kl_weight: float = 1e-6, seed: int = 0, widths: tuple[int, ...] = (32, 64, 64),
                    eval_images: int = 1000) -> dict[str, Any]:
     """Train the demo `AutoencoderKL` on uint8 NHWC images; save_pretrained into `out_dir` atomically.
 

@@ -1,0 +1,119 @@
+"""Tiny AutoencoderKL on the demo digits: round trip, normalization, resumable encode, codecs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lct import encode as enc
+from lct.data import load_training_data, mnist_demo, write_dataset
+from lct.vae import LatentNormalizer, VAEError, load_codec, load_vae, train_tiny_vae
+
+N = 160  # a subset of the real digits keeps the test fast
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("demo")
+    x, y = mnist_demo(32)
+    idx = np.arange(0, 5000, 5000 // N)[:N]  # every class represented
+    write_dataset(root / "mnist", x[idx], y[idx], {"dataset": "mnist-subset"})
+    rep = train_tiny_vae(x[idx], root / "vae", steps=25, batch_size=16, widths=(16, 32, 32), eval_images=N)
+    return root, rep
+
+
+def test_tiny_vae_saved_with_report(demo):
+    root, rep = demo
+    assert (root / "vae" / "config.json").is_file() and not (root / "vae.tmp").exists()
+    saved = json.loads((root / "vae" / "reconstruction.json").read_text())
+    assert saved["mse"] == pytest.approx(rep["mse"]) and np.isfinite(saved["psnr_db"])
+    assert rep["latent_shape"] == [4, 8, 8]
+    vae = load_vae(root / "vae")
+    assert vae.config.in_channels == 1 and vae.config.latent_channels == 4
+
+
+def test_load_vae_missing_names_fetch_weights(tmp_path):
+    with pytest.raises(VAEError, match="fetch_weights"):
+        load_vae(tmp_path / "sd-vae-ft-ema")
+
+
+def test_interrupted_encode_resumes_and_round_trips(demo, tmp_path, monkeypatch):
+    root, rep = demo
+    out = tmp_path / "latents"
+    calls = {"n": 0}
+    real = enc.to_model_space
+
+    def flaky(images):  # dies in the 5th batch: shards 0 and 1 (2 batches each) are finished
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real(images)
+
+    monkeypatch.setattr(enc, "to_model_space", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        enc.encode_dataset(root / "mnist", root / "vae", out, "standardize", batch_size=20, shard_size=40)
+    assert sorted(p.name for p in (out / "shards").glob("shard-*.npy")) == ["shard-00000.npy", "shard-00001.npy"]
+    assert not (out / "latents.npy").exists()
+    monkeypatch.setattr(enc, "to_model_space", real)
+    s = enc.encode_dataset(root / "mnist", root / "vae", out, "standardize", batch_size=20, shard_size=40)
+    assert s["encoded_shards"] == [2, 3]  # only the unfinished shards were encoded
+    assert enc.encode_dataset(root / "mnist", root / "vae", out, "standardize")["encoded_shards"] == []
+
+    # The resumed result equals an uninterrupted encode.
+    fresh = enc.encode_dataset(root / "mnist", root / "vae", tmp_path / "fresh", "standardize", 32, 1000)
+    assert fresh["encoded_shards"] == [0]
+    np.testing.assert_allclose(np.load(out / "latents.npy"), np.load(tmp_path / "fresh" / "latents.npy"), atol=1e-5)
+
+    # Normalized latents: per element mean 0, std 0.5 (authors' standardization).
+    z, info = load_training_data(out)
+    assert z.shape == (N, 4, 8, 8) and info["kind"] == "latents"
+    assert z.mean(0).abs().max() < 1e-4
+    assert torch.allclose(z.std(0, unbiased=False), torch.full((4, 8, 8), 0.5), atol=1e-3)
+
+    # Round trip: decode(normalized latents) is within the VAE's own reconstruction error.
+    codec = load_codec(out)
+    assert codec.latent_shape == (4, 8, 8)
+    images = np.load(root / "mnist" / "images.npy")
+    rec = codec.decode(z)
+    assert rec.dtype == np.uint8 and rec.shape == images.shape
+    mse = float(((rec.astype(np.float64) - images) ** 2).mean()) / 127.5**2
+    assert mse <= rep["mse"] * 1.01 + 1e-6
+    torch.testing.assert_close(codec.encode(images), z, atol=1e-3, rtol=1e-3)
+
+    # The recorded VAE path can be overridden when the folder moved.
+    shutil.copytree(root / "vae", tmp_path / "moved-vae")
+    assert load_codec(out, vae_dir=tmp_path / "moved-vae").latent_shape == (4, 8, 8)
+
+
+def test_normalizers_invert_exactly():
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(64, 4, 8, 8, generator=g) * 5 + 2
+    for mode in ("sd_scale", "standardize"):
+        norm = LatentNormalizer.fit(raw.numpy(), mode)
+        z = norm.normalize(raw)
+        torch.testing.assert_close(norm.denormalize(z), raw, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(LatentNormalizer.fit(raw.numpy(), "sd_scale").normalize(raw), raw * 0.18215)
+
+
+def test_normalizer_file_round_trip(tmp_path):
+    raw = np.random.default_rng(0).normal(size=(32, 4, 2, 2)).astype(np.float32)
+    norm = LatentNormalizer.fit(raw, "standardize")
+    norm.save(tmp_path / "norm.npz")
+    back = LatentNormalizer.load(tmp_path / "norm.npz")
+    assert back.mode == "standardize" and back.scale == 0.18215 and back.target_std == 0.5
+    np.testing.assert_array_equal(back.mean, norm.mean)
+
+
+def test_pixel_codec_is_identity(demo):
+    root, _ = demo
+    codec = load_codec(root / "mnist")
+    images = np.load(root / "mnist" / "images.npy")
+    assert codec.latent_shape == (1, 32, 32)
+    x = codec.encode(images)
+    assert x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(codec.decode(x), images)
