@@ -191,10 +191,13 @@ def figure3(experiments: dict[str, str], eval_dir: str | Path, out: str | Path, 
     plt = _plt()
     n = np.arange(s0 + 1, s1 + 2)
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
+    stages = [min(s0 * 2**k, s1) + 1 for k in range(int(math.log2(s1 // s0)) + 1)]  # N(k) values of eq. 10
     for label, vals in c_curves(n, d, s0).items():
-        a.plot(n, vals, label=label)
-    stages = [s0 * 2**k + 1 for k in range(int(math.log2(s1 // s0)) + 1)]
-    a.scatter(stages, [c_curves([k], d, s0)["adaptive c (eq. 11)"][0] for k in stages], s=12, color="k", zorder=3,
+        if label == "as-coded c":  # stage-wise in the authors' code: only defined at the curriculum's N
+            a.plot(stages, c_curves(stages, d, s0)[label], marker="s", markersize=4, label=label)
+        else:
+            a.plot(n, vals, label=label)
+    a.scatter(stages, c_curves(stages, d, s0)["adaptive c (eq. 11)"], s=12, color="k", zorder=3,
               label="curriculum N (eq. 10)")
     a.set(xscale="log", yscale="log", xlabel="N (discretization steps)", ylabel="c", title=f"c against N (d = {d})")
     a.legend(fontsize=8)
