@@ -171,10 +171,15 @@ def c_curves(n_values: Iterable[int], d: int, s0: int = 10) -> dict[str, np.ndar
     }
 
 
-def snapshot_evals(eval_dir: str | Path, experiment: str) -> list[dict[str, Any]]:
-    """Eval JSONs of an experiment's snapshots, sorted by step (`eval/<exp>/snapshots/ema-<step>.json`)."""
+def snapshot_evals(eval_dir: str | Path | dict[str, Path], experiment: str) -> list[dict[str, Any]]:
+    """Eval JSONs of an experiment's snapshots, sorted by step (`eval/<exp>/snapshots/ema-<step>.json`).
+
+    `eval_dir` is results/<name>/eval, or a dict experiment -> its snapshots dir.
+    """
     rows = []
-    for path in sorted((Path(eval_dir) / experiment / "snapshots").glob("ema-*.json")):
+    folder = eval_dir.get(experiment, Path("/nonexistent")) if isinstance(eval_dir, dict) else \
+        Path(eval_dir) / experiment / "snapshots"
+    for path in sorted(Path(folder).glob("ema-*.json")):
         res = json.loads(path.read_text())
         step = res.get("step")
         if step is None:
@@ -185,7 +190,7 @@ def snapshot_evals(eval_dir: str | Path, experiment: str) -> list[dict[str, Any]
     return sorted(rows, key=lambda r: r["step"])
 
 
-def figure3(experiments: dict[str, str], eval_dir: str | Path, out: str | Path, d: int = 4096, s0: int = 10,
+def figure3(experiments: dict[str, str], eval_dir: str | Path | dict[str, Path], out: str | Path, d: int = 4096, s0: int = 10,
             s1: int = 640, fid_mode: str | None = None) -> list[Path]:
     """c against N (left); FID (middle) and Recall (right) over training for each c choice."""
     plt = _plt()
@@ -261,6 +266,44 @@ def save_grid(images: np.ndarray, grid: int, out: str | Path, title: str | None 
     return [png, pdf]
 
 
+def load_sample_dir(folder: str | Path, count: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The first `count` images (by seed) of an `lct sample --decode` dir: npz shards or PNG/JPEG files."""
+    from PIL import Image
+
+    folder = Path(folder)
+    meta_path = folder / "sampling.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    shards = sorted(folder.glob("shard-*.npz"))
+    if shards:
+        imgs = []
+        for path in shards:
+            with np.load(path) as z:
+                if z["samples"].dtype != np.uint8:
+                    raise ValueError(f"{path} holds latents, not images; rerun `lct sample` with --decode")
+                imgs.append(z["samples"])
+            if sum(map(len, imgs)) >= count:
+                break
+        images = np.concatenate(imgs)
+    else:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        images = np.stack([np.asarray(Image.open(p)) for p in files[:count]]) if files else np.zeros((0, 1, 1, 1), np.uint8)
+        if images.ndim == 3:
+            images = images[..., None]
+    if len(images) < count:
+        raise ValueError(f"{folder}: {len(images)} images, a grid needs {count}; sample more seeds (lct sample --seeds)")
+    return images[:count], meta
+
+
+def grid_from_dir(folder: str | Path, grid: int, out: str | Path) -> list[Path]:
+    """Sample grid from the images `lct sample --decode` wrote."""
+    images, meta = load_sample_dir(folder, grid * grid)
+    title = None
+    if meta:
+        title = f"{Path(str(meta.get('checkpoint', ''))).parent.name}, NFE {meta.get('nfe')}, EMA {meta.get('ema')}, " \
+                f"seeds {meta.get('seeds', ['?'])[0]}-{int(meta.get('seeds', [0])[0]) + grid * grid - 1}"
+    return save_grid(images, grid, out, title)
+
+
 def samples_grid(checkpoint: str | Path, data: str | Path, nfe: int, grid: int, out: str | Path, ema: str = "0.99993",
                  seed_offset: int = 0, batch_size: int = 64, device: str = "auto") -> list[Path]:
     """Fixed-seed (seed_offset + k) uncurated samples of one checkpoint at one NFE."""
@@ -283,7 +326,7 @@ def figure_names(cfg: dict[str, Any]) -> list[str]:
     figs = cfg.get("figures") or {}
     names = [f for f in ("fig1", "fig2", "fig3") if f in figs or f == "fig2"]
     s = figs.get("samples") or {}
-    names += [f"samples_{e}_nfe{k}" for e in s.get("experiments", []) for k in s.get("nfe", [1])]
+    names += [f"samples/{e}_nfe{k}" for e in s.get("experiments", []) for k in s.get("nfe", [1])]
     return names
 
 
@@ -305,8 +348,12 @@ def report_page(cfg: dict[str, Any] | str | Path, results_dir: str | Path, out: 
     lines += ["## Figures", ""]
     for name in figure_names(cfg):
         png = results_dir / "figures" / f"{name}.png"
+        if not png.is_file() and name.startswith("samples/"):
+            png = results_dir / "figures" / f"{name.replace('/', '_')}.png"  # `lct report samples` layout
         if png.is_file():
-            lines += [f"### {name}", "", f"![{name}]({rel(png)})", "", f"[PDF]({rel(png.with_suffix('.pdf'))})", ""]
+            pdf = png.with_suffix(".pdf")
+            lines += [f"### {name}", "", f"![{name}]({rel(png)})", ""]
+            lines += [f"[PDF]({rel(pdf)})", ""] if pdf.is_file() else []
         else:
             lines += [f"### {name}", "", f"*not produced yet ({png}).*", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -320,14 +367,17 @@ def report_page(cfg: dict[str, Any] | str | Path, results_dir: str | Path, out: 
 
 def add_subparsers(sub: Any) -> None:
     f = sub.add_parser("figure", help="fig1, fig2 or fig3 as .png and .pdf")
-    f.add_argument("--figure", required=True, choices=["fig1", "fig2", "fig3"])
+    f.add_argument("--figure", required=True, choices=["fig1", "fig2", "fig3", "grid"])
     f.add_argument("--out", required=True, help="output prefix, e.g. results/<name>/figures/fig1")
     f.add_argument("--data-stats", help="fig1: stats/fig1_data.json")
     f.add_argument("--td-latent", help="fig1: stats/td_<latent experiment>.json")
     f.add_argument("--td-pixel", help="fig1: stats/td_<pixel experiment>.json")
     f.add_argument("--c", type=float, default=1.0, help="fig2: the scale c")
     f.add_argument("--workflow-config", "--config", dest="config", help="fig3: workflow config (figures.fig3)")
-    f.add_argument("--eval-dir", help="fig3: results/<name>/eval")
+    f.add_argument("--eval-dir", help="fig3: results/<name>/eval (or give --snapshots)")
+    f.add_argument("--snapshots", nargs="+", help="fig3: eval/<experiment>/snapshots dirs")
+    f.add_argument("--samples", help="grid: a dir written by `lct sample --decode`")
+    f.add_argument("--grid", type=int, default=8, help="grid: images per side")
     f.add_argument("--dim", type=int, default=None, help="fig3: data dimension d for c0 (default 32*32*4)")
     s = sub.add_parser("samples", help="a grid of fixed-seed samples as .png and .pdf")
     s.add_argument("--checkpoint", required=True)
@@ -356,15 +406,20 @@ def run_subcommand(a: argparse.Namespace) -> int:
             paths = figure1(a.data_stats, a.td_latent, a.td_pixel, out)
         elif a.figure == "fig2":
             paths = figure2(out, c=a.c)
+        elif a.figure == "grid":
+            if not a.samples:
+                raise SystemExit("lct report figure --figure grid needs --samples <dir of lct sample --decode>")
+            paths = grid_from_dir(a.samples, a.grid, out)
         else:
-            if not (a.config and a.eval_dir):
-                raise SystemExit("lct report figure --figure fig3 needs --workflow-config and --eval-dir")
+            if not (a.config and (a.eval_dir or a.snapshots)):
+                raise SystemExit("lct report figure --figure fig3 needs --workflow-config and --eval-dir or --snapshots")
             cfg = load_workflow_config(a.config)
             f3 = (cfg.get("figures") or {}).get("fig3")
             if not f3:
                 raise SystemExit(f"{a.config}: no figures.fig3 section")
             modes = (cfg.get("evaluation") or {}).get("fid_modes") or []
-            paths = figure3(f3["experiments"], a.eval_dir, out, d=a.dim or 4096,
+            where = {Path(d).parent.name: Path(d) for d in a.snapshots} if a.snapshots else a.eval_dir
+            paths = figure3(f3["experiments"], where, out, d=a.dim or 4096,
                             fid_mode="legacy_pytorch" if "legacy_pytorch" in modes else None)
     elif a.cmd == "samples":
         paths = samples_grid(a.checkpoint, a.data, a.nfe, a.grid, _strip_ext(a.out), a.ema, a.seed_offset,

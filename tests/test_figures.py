@@ -103,6 +103,17 @@ def test_samples_cli_and_report_page(tmp_path):
 
     assert Image.open(out.with_suffix(".png")).size == (84, 84) and out.with_suffix(".pdf").is_file()
     assert report.main(["figure", "--figure", "fig2", "--out", str(res / "figures" / "fig2")]) == 0
+    # the workflow's route: `lct sample --decode` into a dir, then a grid from that dir
+    from lct.sample import main as sample_main
+
+    sdir = tmp_path / "samples" / "e" / "nfe2"
+    assert sample_main(["--checkpoint", str(ckpt), "--data", str(data), "--ema", "0.99", "--nfe", "2", "--seeds", "0-8",
+                        "--decode", "--out", str(sdir), "--device", "cpu", "--quiet"]) == 0
+    grid_png = res / "figures" / "samples" / "e_nfe2.png"
+    assert report.main(["figure", "--figure", "grid", "--samples", str(sdir), "--grid", "3", "--out", str(grid_png)]) == 0
+    assert Image.open(grid_png).size == (84, 84) and grid_png.with_suffix(".pdf").is_file()
+    with pytest.raises(ValueError, match="a grid needs 16"):
+        figures.grid_from_dir(sdir, 4, tmp_path / "x")
     (res / "tables").mkdir()
     (res / "tables" / "table2a.md").write_text("| a | b |\n|---|---|\n| 1 | 2 |\n")
     cfg = {"name": "demo", "evaluation": {"feature": "digit_classifier"}, "tables": {"table2a": {}, "table2b": {}},
@@ -110,5 +121,6 @@ def test_samples_cli_and_report_page(tmp_path):
     page = figures.report_page(cfg, res, res / "report.md")
     text = page.read_text()
     assert "| 1 | 2 |" in text and "table2b: not produced yet" in text
-    assert "![fig2](figures/fig2.png)" in text and "![samples_e_nfe1](figures/samples_e_nfe1.png)" in text
-    assert "samples_e_nfe2" in text and "fig1" in text
+    assert "![fig2](figures/fig2.png)" in text and "![samples/e_nfe1](figures/samples_e_nfe1.png)" in text
+    assert "![samples/e_nfe2](figures/samples/e_nfe2.png)" in text and "fig1.png).*" in text
+    assert "### fig1" in text and "### fig3" in text
