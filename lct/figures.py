@@ -51,45 +51,44 @@ def save_figure(fig: Any, out: str | Path) -> list[Path]:
 # --- Figure 1 ------------------------------------------------------------------------------------
 
 def _find_box_stats(obj: Any, label: str = "") -> list[tuple[str, dict[str, Any]]]:
-    """Every `box_stats` dict in a stats JSON, labelled by its path (e.g. "latent", "pixel / t=80")."""
+    """Box dicts (`lct.stats.box_stats`: q1, median, q3, fences, `samples`) in a stats JSON, by key.
+
+    A TD JSON (`lct stats td`) gives its pooled `td` box; `per_pair` boxes are not plotted.
+    """
+    if not isinstance(obj, dict):
+        return []
+    if {"q1", "median", "q3"} <= set(obj):
+        return [(label, obj)]
+    if isinstance(obj.get("box_stats"), dict):
+        return [(label, {"samples": obj.get("sample", obj.get("samples", [])), **obj["box_stats"]})]
     found: list[tuple[str, dict[str, Any]]] = []
-    if isinstance(obj, dict):
-        if "box_stats" in obj and isinstance(obj["box_stats"], dict):
-            bs = dict(obj["box_stats"])
-            bs.setdefault("sample", obj.get("sample", bs.get("sample", [])))
-            name = obj.get("label") or obj.get("name") or label
-            found.append((str(name), bs))
-            return found
-        if {"q1", "median", "q3"} <= set(obj):
-            return [(obj.get("label", label), obj)]
-        for k, v in obj.items():
+    for k, v in obj.items():
+        if k != "per_pair":
             found += _find_box_stats(v, f"{label} / {k}" if label else str(k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            found += _find_box_stats(v, f"{label}[{i}]")
     return found
 
 
 def _bxp_entry(label: str, bs: dict[str, Any]) -> dict[str, Any]:
-    """matplotlib bxp dict: Tukey whiskers at the inner fences clipped to the data, fliers from the sample."""
-    def get(*keys: str, default: Any = None) -> Any:
-        for k in keys:
-            if k in bs and bs[k] is not None:
-                return bs[k]
-        return default
-
+    """matplotlib bxp dict: Tukey whiskers (last values inside the inner fences), fliers from the raw sample."""
     q1, med, q3 = float(bs["q1"]), float(bs["median"]), float(bs["q3"])
     iqr = q3 - q1
-    lo_f = float(get("inner_fence_low", "lower_inner_fence", "inner_lo", default=q1 - 1.5 * iqr))
-    hi_f = float(get("inner_fence_high", "upper_inner_fence", "inner_hi", default=q3 + 1.5 * iqr))
-    if isinstance(bs.get("inner_fences"), (list, tuple)):
-        lo_f, hi_f = map(float, bs["inner_fences"])
-    mn = float(get("min", "minimum", default=lo_f))
-    mx = float(get("max", "maximum", default=hi_f))
-    sample = np.asarray(bs.get("sample") or [], dtype=float)
+    lo_f = float(bs.get("inner_fence_low", q1 - 1.5 * iqr))
+    hi_f = float(bs.get("inner_fence_high", q3 + 1.5 * iqr))
+    whislo = float(bs.get("whisker_low", max(lo_f, float(bs.get("min", lo_f)))))
+    whishi = float(bs.get("whisker_high", min(hi_f, float(bs.get("max", hi_f)))))
+    sample = np.asarray(bs.get("samples", bs.get("sample")) or [], dtype=float)
     fliers = sample[(sample < lo_f) | (sample > hi_f)]
-    return {"label": label, "med": med, "q1": q1, "q3": q3, "whislo": max(lo_f, mn), "whishi": min(hi_f, mx),
-            "fliers": fliers}
+    return {"label": label, "med": med, "q1": q1, "q3": q3, "whislo": whislo, "whishi": whishi, "fliers": fliers}
+
+
+def _box_panel(ax: Any, boxes: list[tuple[str, dict[str, Any]]], title: str) -> None:
+    ax.bxp([_bxp_entry(lbl, bs) for lbl, bs in boxes], showfliers=True, flierprops={"markersize": 2, "alpha": 0.4})
+    for i, (_, bs) in enumerate(boxes, start=1):  # the paper's point: the share of impulsive outliers
+        if "frac_beyond_outer" in bs:
+            ax.annotate(f"{100 * bs['frac_beyond_outer']:.2f}% beyond\nouter fences", (i, 1.0),
+                        xycoords=("data", "axes fraction"), ha="center", va="top", fontsize=7)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
 
 
 def figure1(data_stats: str | Path | dict[str, Any], td_latent: str | Path | dict[str, Any] | None,
@@ -97,24 +96,16 @@ def figure1(data_stats: str | Path | dict[str, Any], td_latent: str | Path | dic
     """Box plots: normalized latent vs pixel data (left), TD values of a latent and a pixel model (right)."""
     plt = _plt()
     load = lambda x: x if isinstance(x, dict) or x is None else json.loads(Path(x).read_text())  # noqa: E731
-    panels = [("data", load(data_stats))]
-    tds = [(n, load(x)) for n, x in (("latent", td_latent), ("pixel", td_pixel)) if x is not None]
-    fig, axes = plt.subplots(1, 1 + len(tds), figsize=(5 * (1 + len(tds)), 4), squeeze=False)
-    ax = axes[0][0]
-    entries = [_bxp_entry(lbl, bs) for lbl, bs in _find_box_stats(panels[0][1])]
-    if not entries:
-        raise ValueError(f"{data_stats}: no `box_stats` found in the data statistics")
-    ax.bxp(entries, showfliers=True, flierprops={"markersize": 2, "alpha": 0.4})
-    ax.set_title("Data: normalized latents vs pixels")
-    ax.set_ylabel("value")
-    for j, (name, td) in enumerate(tds, start=1):
-        ents = [_bxp_entry(lbl, bs) for lbl, bs in _find_box_stats(td)]
-        a = axes[0][j]
-        if ents:
-            a.bxp(ents, showfliers=True, flierprops={"markersize": 2, "alpha": 0.4})
-            a.tick_params(axis="x", labelrotation=60, labelsize=7)
-        a.set_title(f"TD values, {name} model")
-        a.set_yscale("symlog")
+    data = _find_box_stats(load(data_stats))
+    if not data:
+        raise ValueError(f"{data_stats}: no box statistics (q1, median, q3) found; write it with `lct stats data`")
+    td = [(f"{name} model", bs) for name, x in (("latent", td_latent), ("pixel", td_pixel)) if x is not None
+          for _, bs in _find_box_stats(load(x))[:1]]
+    fig, axes = plt.subplots(1, 2 if td else 1, figsize=(10 if td else 5, 4), squeeze=False)
+    _box_panel(axes[0][0], data, "Data values (normalized latents vs pixels)")
+    axes[0][0].set_ylabel("value")
+    if td:
+        _box_panel(axes[0][1], td, "Temporal differences f(x_{t_{i+1}}) - f(x_{t_i})")
     fig.tight_layout()
     return save_figure(fig, out)
 

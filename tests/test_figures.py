@@ -31,26 +31,21 @@ def test_figure2(tmp_path):
     _written(figures.figure2(tmp_path / "fig2"), "fig2")
 
 
-def _box(values):
-    v = np.asarray(values, float)
-    q1, med, q3 = np.percentile(v, [25, 50, 75])
-    iqr = q3 - q1
-    return {"box_stats": {"q1": q1, "median": med, "q3": q3, "inner_fence_low": q1 - 1.5 * iqr,
-                          "inner_fence_high": q3 + 1.5 * iqr, "min": v.min(), "max": v.max()},
-            "sample": v[::5].tolist()}
+def test_figure1_from_lct_stats_json(tmp_path):
+    from lct.stats import box_stats
 
-
-def test_figure1_from_box_stats(tmp_path):
     rng = np.random.default_rng(0)
-    data = {"latent": _box(rng.standard_t(2, 2000)), "pixel": _box(rng.uniform(-1, 1, 2000))}
-    td = {f"t={t}": _box(rng.normal(size=500) * t) for t in (0.01, 1.0, 80.0)}
+    data = {"latent": box_stats(rng.standard_t(2, 4000)), "pixel": box_stats(rng.uniform(-1, 1, 4000)), "max_values": None}
+    td = {"td": box_stats(rng.normal(size=3000)), "per_pair": [{"i": 0, **box_stats(rng.normal(size=10), plot_samples=0)}]}
     for name, obj in (("data.json", data), ("tdl.json", td), ("tdp.json", td)):
         (tmp_path / name).write_text(json.dumps(obj))
     paths = figures.figure1(tmp_path / "data.json", tmp_path / "tdl.json", tmp_path / "tdp.json", tmp_path / "f" / "fig1")
     _written(paths, "fig1")
-    entry = figures._bxp_entry("latent", {**data["latent"]["box_stats"], "sample": data["latent"]["sample"]})
-    assert entry["whislo"] >= data["latent"]["box_stats"]["inner_fence_low"] and len(entry["fliers"]) > 0
-    with pytest.raises(ValueError, match="box_stats"):
+    assert [lbl for lbl, _ in figures._find_box_stats(td)] == ["td"]  # per-pair boxes are not plotted
+    entry = figures._bxp_entry("latent", data["latent"])
+    assert entry["whislo"] == data["latent"]["whisker_low"] and len(entry["fliers"]) > 0
+    assert np.all((entry["fliers"] < data["latent"]["inner_fence_low"]) | (entry["fliers"] > data["latent"]["inner_fence_high"]))
+    with pytest.raises(ValueError, match="lct stats data"):
         figures.figure1({"nothing": 1}, None, None, tmp_path / "bad")
 
 
