@@ -1,0 +1,88 @@
+"""envs/environment.yaml (conda) pins every package of envs/requirements.txt (pip) at the same version."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# pip name -> conda-forge name where they differ.
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pip_pins(path: Path = ROOT / "envs/requirements.txt") -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        assert m, f"{path}: {line!r} is not an exact pin (name==version)"
+        # A CPU wheel's local suffix (2.13.0+cpu) is the same release as the conda build.
+        pins[_norm(m.group(1))] = m.group(2).split("+", 1)[0]
+    return pins
+
+
+def conda_pins(path: Path = ROOT / "envs/environment.yaml") -> dict[str, str]:
+    env = yaml.safe_load(path.read_text())
+    assert env.get("channels", [])[0] == "conda-forge", f"{path}: conda-forge must be the first channel"
+    pins = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for line in dep.get("pip", []):
+                m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line.strip())
+                if m:
+                    pins[_norm(m.group(1))] = m.group(2)
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(==?)\s*([^=\s]+)(?:=(\S+))?", dep.strip())
+        if m:
+            pins[_norm(m.group(1))] = m.group(3)
+    return pins
+
+
+def test_every_pip_pin_is_in_the_conda_file_with_the_same_version():
+    pip, conda = pip_pins(), conda_pins()
+    missing, differ = [], []
+    for name, version in pip.items():
+        cname = CONDA_NAMES.get(name, name)
+        got = conda.get(cname, conda.get(name))
+        if got is None:
+            missing.append(name)
+        elif got != version:
+            differ.append(f"{name}: pip {version} vs conda {got}")
+    assert not missing, f"envs/environment.yaml lacks pins for {missing} (envs/requirements.txt has them)"
+    assert not differ, "pins differ between envs/requirements.txt and envs/environment.yaml: " + "; ".join(differ)
+
+
+def test_conda_file_installs_cuda_pytorch_and_the_package():
+    env = yaml.safe_load((ROOT / "envs/environment.yaml").read_text())
+    deps = [d for d in env["dependencies"] if isinstance(d, str)]
+    assert any(d.startswith("pytorch==") and d.endswith("=cuda*") for d in deps), "CUDA build of pytorch expected"
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert any(line.startswith("--editable") or line.startswith("-e ") for line in pip), "lct must be pip-installed"
+
+
+def test_pin_parser_catches_a_mismatch(tmp_path):
+    (tmp_path / "req.txt").write_text("numpy==1.0\n")
+    (tmp_path / "env.yaml").write_text("channels: [conda-forge]\ndependencies: [numpy==2.0]\n")
+    assert pip_pins(tmp_path / "req.txt") != conda_pins(tmp_path / "env.yaml")
+
+
+def test_rules_point_at_the_environment_file():
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        text = smk.read_text()
+        if "conda:" in text:
+            assert 'ENV = "../../envs/environment.yaml"' in (ROOT / "workflow/rules/common.smk").read_text()
+            assert (smk.parent / "../../envs/environment.yaml").resolve().is_file()
+
+
+@pytest.mark.parametrize("path", ["envs/requirements.txt", "envs/environment.yaml", "envs/setup.sh"])
+def test_env_files_exist(path):
+    assert (ROOT / path).is_file(), f"{path} is missing"
