@@ -31,11 +31,15 @@ def file_digest(path: str | Path, algo: str) -> str:
 
 
 def verify(path: str | Path, sha256: str | None = None, md5: str | None = None) -> str | None:
-    """None if `path` matches every given checksum, else a description of the mismatch."""
+    """None if `path` matches every given checksum, else a description of the mismatch.
+
+    A `sha256` shorter than 64 hex digits is a prefix (torch hub file names carry one, e.g.
+    ``vgg16-397923af.pth``) and must match the start of the digest.
+    """
     for algo, want in (("sha256", sha256), ("md5", md5)):
         if want:
             got = file_digest(path, algo)
-            if got.lower() != want.lower():
+            if not got.lower().startswith(want.lower()) or len(want) < 8:
                 return f"{algo} {got} != expected {want}"
     return None
 
@@ -71,20 +75,23 @@ def _fetch_once(url: str, part: Path, timeout: float, chunk: int) -> None:
 
 def download(url: str, dest: str | Path, sha256: str | None = None, md5: str | None = None, *,
              config_key: str = "the source's sha256", retries: int = 5, timeout: float = 60.0,
-             chunk: int = 1 << 20) -> Path:
+             chunk: int = 1 << 20, trust_on_first_use: bool = False) -> Path:
     """Download `url` to `dest`, resuming ``dest.part``; verify before the rename; return `dest`.
 
     An existing `dest` that verifies is kept (no network). A checksum mismatch deletes the partial
     file and raises. Interrupted transfers are resumed up to `retries` times (and on a rerun).
+    `trust_on_first_use` (only `lct fetch-weights`, for publisher files without a published
+    checksum) accepts an unverified file; its sha256 is then recorded in resources/MANIFEST.json
+    and every later use is checked against that.
     """
     dest = Path(dest)
-    if not sha256 and not md5:
+    if not sha256 and not md5 and not trust_on_first_use:
         raise DownloadError(
             f"refusing to download {url} without a checksum: set {config_key} in the workflow config "
             f"(compute it with `sha256sum` on a copy you trust, or use the publisher's value)"
         )
     if dest.exists():
-        if verify(dest, sha256, md5) is None:
+        if (trust_on_first_use and not (sha256 or md5)) or verify(dest, sha256, md5) is None:
             return dest
         dest.unlink()  # a stale or corrupt earlier result: fetch again
     dest.parent.mkdir(parents=True, exist_ok=True)

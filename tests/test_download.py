@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import http.server
 import threading
 
@@ -97,3 +99,50 @@ def test_rerun_resumes_existing_part(server, tmp_path):
 def test_refuses_without_checksum(tmp_path):
     with pytest.raises(DownloadError, match=r"datasets\.x\.source\.sha256"):
         download("http://127.0.0.1:9/none", tmp_path / "f", config_key="datasets.x.source.sha256")
+
+
+# ----------------------------------------------------------------------------- lct.fetch (offline parts)
+
+from lct import fetch  # noqa: E402
+
+
+def test_require_missing_names_fetch_weights(tmp_path):
+    with pytest.raises(fetch.MissingResource, match="snakemake fetch_weights"):
+        fetch.require(tmp_path, "vgg16")
+    with pytest.raises(fetch.MissingResource, match="snakemake fetch_weights"):
+        fetch.require(tmp_path, "sd-vae-ft-ema")
+
+
+def test_fetch_asset_checks_hub_prefix_and_manifest(server, tmp_path, monkeypatch):
+    url, state = server
+    good = {"path": "torch/hub/checkpoints/vgg16-x.pth", "url": url, "sha256": SHA[:8]}
+    monkeypatch.setitem(fetch.ASSETS, "vgg16", good)
+    p = fetch.fetch_asset(tmp_path, "vgg16")
+    assert fetch.require(tmp_path, "vgg16", verify=True) == p
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert manifest["files"][good["path"]]["sha256"] == SHA and manifest["assets"]["vgg16"] == good["path"]
+    assert fetch.verify_manifest(tmp_path) == []
+
+    # An altered file is caught by the manifest; a truncated one even without rehashing.
+    p.write_bytes(PAYLOAD[:-1] + b"\x01")
+    with pytest.raises(fetch.MissingResource, match="does not match"):
+        fetch.require(tmp_path, "vgg16", verify=True)
+    assert fetch.verify_manifest(tmp_path) and fetch.main(["--out", str(tmp_path), "--verify"]) == 1
+    p.write_bytes(PAYLOAD[:10])
+    with pytest.raises(fetch.MissingResource, match="fetch_weights"):
+        fetch.require(tmp_path, "vgg16")
+
+    # A wrong hash prefix (the file name's) rejects the download and removes it.
+    monkeypatch.setitem(fetch.ASSETS, "vgg16", {**good, "path": "other/v.pth", "sha256": "00000000"})
+    with pytest.raises(DownloadError, match="removed the partial file"):
+        fetch.fetch_asset(tmp_path, "vgg16")
+    assert not (tmp_path / "other" / "v.pth").exists()
+
+
+def test_fetch_weights_offline_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(fetch.ASSETS, "inception_clean",
+                        {"path": "cleanfid/i.pt", "url": "http://127.0.0.1:9/i.pt", "sha256": None})
+    monkeypatch.setattr(fetch, "download", functools.partial(download, retries=0))
+    assert fetch.main(["--out", str(tmp_path), "--inception"]) == 1
+    assert "needs internet" in capsys.readouterr().err
+    assert not (tmp_path / "cleanfid" / "i.pt").exists()

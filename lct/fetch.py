@@ -1,0 +1,181 @@
+"""`lct fetch-weights`: every pretrained file the pipeline needs, in one resources folder.
+
+Run it where there is internet (the `fetch_weights` rule is a local rule, for login nodes);
+every other job reads only local files and calls `require(resources_dir, name)`, which fails at
+once, naming `snakemake fetch_weights`, when a file is missing or does not match the manifest.
+
+Layout under the resources folder (``resources/MANIFEST.json`` lists sha256 and size of each file):
+
+- ``sd-vae-ft-ema/``: `stabilityai/sd-vae-ft-ema` via `huggingface_hub.snapshot_download`
+  (config.json + diffusion_pytorch_model.safetensors); load with `lct.vae.load_vae`.
+- ``cleanfid/inception-2015-12-05.pt``: clean-fid's Inception (TorchScript, NVlabs CDN).
+- ``torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``: pytorch-fid's legacy Inception,
+  used by clean-fid's ``legacy_pytorch`` mode; ``torch/hub/checkpoints/vgg16-397923af.pth``:
+  torchvision VGG16 (Recall features). With ``TORCH_HOME=<resources>/torch`` torch hub finds both
+  offline. Their names carry a sha256 prefix, which is checked.
+- ``elatentlpips/ckpt/``: E-LatentLPIPS (sd15) weights; the `elatentlpips` package reads them from
+  ``./ckpt`` relative to the working directory, so construct it with cwd ``<resources>/elatentlpips``.
+
+Files without a published checksum are trusted on first download and pinned by MANIFEST.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lct.download import download, file_digest
+
+# name -> where it goes (relative to the resources dir), where it comes from, and a known sha256 (prefix).
+ASSETS: dict[str, dict[str, Any]] = {
+    "inception_clean": {
+        "path": "cleanfid/inception-2015-12-05.pt",
+        "url": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+        "sha256": None,  # cleanfid.downloads_helper.inception_url; no published checksum
+    },
+    "inception_legacy": {
+        "path": "torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth",
+        "url": "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+        "pt_inception-2015-12-05-6726825d.pth",  # cleanfid.inception_pytorch.FID_WEIGHTS_URL
+        "sha256": "6726825d",  # torch hub convention: the file name carries the sha256 prefix
+    },
+    "vgg16": {
+        "path": "torch/hub/checkpoints/vgg16-397923af.pth",
+        "url": "https://download.pytorch.org/models/vgg16-397923af.pth",  # torchvision VGG16_Weights.IMAGENET1K_V1
+        "sha256": "397923af",
+    },
+    "elatentlpips_vgg": {
+        "path": "elatentlpips/ckpt/sd15_latent_vgg16.pth.tar",
+        "url": "https://huggingface.co/Mingguksky/elatentlpips/resolve/main/elatentlpips_ckpt/sd15_latent_vgg16.pth.tar",
+        "sha256": None,
+    },
+    "elatentlpips_head": {
+        "path": "elatentlpips/ckpt/sd15_latest_vgg16_tuned.pth",
+        "url": "https://huggingface.co/Mingguksky/elatentlpips/resolve/main/elatentlpips_ckpt/"
+        "sd15_latest_vgg16_tuned.pth",
+        "sha256": None,
+    },
+}
+VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
+MANIFEST = "MANIFEST.json"
+
+
+class MissingResource(FileNotFoundError):
+    """A pretrained file is missing or altered; the message names `snakemake fetch_weights`."""
+
+
+def _hint(resources: Path) -> str:
+    return (f"run `snakemake fetch_weights` (or `lct fetch-weights --out {resources}`) on a machine with "
+            f"internet, then rerun")
+
+
+def _load_manifest(resources: Path) -> dict[str, Any]:
+    f = resources / MANIFEST
+    return json.loads(f.read_text()) if f.is_file() else {"files": {}, "assets": {}}
+
+
+def _save_manifest(resources: Path, manifest: dict[str, Any]) -> None:
+    tmp = resources / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(resources / MANIFEST)
+
+
+def record(resources: str | Path, name: str, rel_paths: list[str], source: str) -> None:
+    """Add files (relative to `resources`) with their sha256 and size to MANIFEST.json under asset `name`."""
+    resources = Path(resources)
+    m = _load_manifest(resources)
+    for rel in rel_paths:
+        p = resources / rel
+        m["files"][rel] = {"sha256": file_digest(p, "sha256"), "size": p.stat().st_size, "source": source,
+                           "asset": name, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    m["assets"][name] = rel_paths[0] if len(rel_paths) == 1 else str(Path(rel_paths[0]).parent)
+    _save_manifest(resources, m)
+
+
+def require(resources_dir: str | Path, name: str, verify: bool = False) -> Path:
+    """Local path of a pretrained asset (`ASSETS` key, a repo folder such as ``sd-vae-ft-ema``, or a path
+    relative to the resources dir). Missing -> `MissingResource` naming `snakemake fetch_weights`.
+
+    Sizes are always compared with MANIFEST.json; `verify=True` also recomputes each sha256.
+    """
+    resources = Path(resources_dir)
+    m = _load_manifest(resources)
+    rel = ASSETS[name]["path"] if name in ASSETS else m["assets"].get(name, name)
+    p = resources / rel
+    if not p.exists() or (p.is_dir() and not any(p.iterdir())):
+        raise MissingResource(f"pretrained file {p} ({name}) is missing; {_hint(resources)}")
+    listed = {k: v for k, v in m["files"].items() if k == rel or k.startswith(rel.rstrip("/") + "/")}
+    for k, v in listed.items():
+        f = resources / k
+        if not f.is_file() or f.stat().st_size != v["size"] or (verify and file_digest(f, "sha256") != v["sha256"]):
+            raise MissingResource(f"{f} does not match {resources / MANIFEST} (missing, truncated or altered); "
+                                  f"{_hint(resources)}")
+    return p
+
+
+def verify_manifest(resources_dir: str | Path) -> list[str]:
+    """Problems found by recomputing every sha256 in MANIFEST.json (empty list: all good)."""
+    resources = Path(resources_dir)
+    problems = []
+    for rel, v in _load_manifest(resources)["files"].items():
+        f = resources / rel
+        if not f.is_file():
+            problems.append(f"{f}: missing")
+        elif file_digest(f, "sha256") != v["sha256"]:
+            problems.append(f"{f}: sha256 differs from the manifest")
+    return problems
+
+
+def fetch_asset(resources: Path, name: str) -> Path:
+    a = ASSETS[name]
+    dest = resources / a["path"]
+    download(a["url"], dest, sha256=a["sha256"], trust_on_first_use=a["sha256"] is None)
+    record(resources, name, [a["path"]], a["url"])
+    return dest
+
+
+def fetch_vae(resources: Path, repo: str) -> Path:
+    """`repo` (e.g. stabilityai/sd-vae-ft-ema) into ``resources/<last part of repo>`` via snapshot_download."""
+    from huggingface_hub import snapshot_download
+
+    folder = repo.split("/")[-1]
+    snapshot_download(repo_id=repo, local_dir=str(resources / folder), allow_patterns=VAE_FILES)
+    record(resources, folder, [f"{folder}/{f}" for f in VAE_FILES], f"huggingface.co/{repo}")
+    return resources / folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lct fetch-weights", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="resources folder")
+    ap.add_argument("--vae", default=None, help="hub repo of the VAE, e.g. stabilityai/sd-vae-ft-ema")
+    ap.add_argument("--inception", action="store_true", help="clean-fid and pytorch-fid (legacy) Inception")
+    ap.add_argument("--vgg16", action="store_true", help="torchvision VGG16 (Recall features)")
+    ap.add_argument("--elatentlpips", action="store_true", help="E-LatentLPIPS sd15 weights")
+    ap.add_argument("--verify", action="store_true", help="only check every file against MANIFEST.json")
+    a = ap.parse_args(argv)
+    resources = Path(a.out)
+    resources.mkdir(parents=True, exist_ok=True)
+    if a.verify:
+        problems = verify_manifest(resources)
+        print("\n".join(problems) or f"{resources / MANIFEST}: all files verified")
+        return 1 if problems else 0
+    names = (["inception_clean", "inception_legacy"] if a.inception else []) + (["vgg16"] if a.vgg16 else []) \
+        + (["elatentlpips_vgg", "elatentlpips_head"] if a.elatentlpips else [])
+    try:
+        if a.vae:
+            print(f"fetch-weights: {fetch_vae(resources, a.vae)}")
+        for n in names:
+            print(f"fetch-weights: {fetch_asset(resources, n)}")
+    except Exception as e:  # no internet, hub errors, checksum mismatches: say which and stop
+        print(f"lct fetch-weights: {type(e).__name__}: {e}\n(this step needs internet; run it on a login node)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
