@@ -181,6 +181,20 @@ def _lmdb_items(db: Path) -> Iterator[tuple[str, bytes]]:
             yield f"{db}:{key.decode(errors='replace')}", bytes(value)
 
 
+def _unzip_lmdb(archive: Path) -> Path:
+    """Extract a zipped LMDB next to the archive (once) and return the folder holding data.mdb."""
+    dest = archive.with_suffix("")
+    if not (dest.exists() and any(dest.rglob("data.mdb"))):
+        tmp = dest.with_name(dest.name + ".tmp")
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmp)
+        tmp.replace(dest)
+    found = sorted(dest.rglob("data.mdb"))
+    if not found:
+        raise DataError(f"{archive} holds no LMDB (data.mdb)")
+    return found[0].parent
+
+
 def _cifar10_python(archive: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 50,000 CIFAR-10 training images (data_batch_1..5) as uint8 NHWC and labels."""
     xs, ys = [], []
@@ -313,7 +327,9 @@ def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *,
             local = cache / url.rstrip("/").split("/")[-1]
             download(url, local, sha256=sha256, md5=md5, config_key=f"datasets.{dataset}.source.sha256")
             meta.update(source=url, download_sha256=sha256_file(local))
-            path, source_kind = str(local), {"lmdb_zip": "archive"}.get(fmt, "archive")
+            path, source_kind = str(local), "archive"
+            if fmt == "lmdb_zip":  # LSUN ships a zipped LMDB folder: unpack once, then read it as an LMDB
+                path, source_kind = str(_unzip_lmdb(local)), "lmdb"
         if path is None:
             raise DataError(f"--source-kind {source_kind} needs --path (config: datasets.{dataset}.source.path)")
         p = Path(path)
@@ -331,7 +347,7 @@ def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *,
             meta.update(inputs_sha256=sha256_file(p), split="training set (data_batch_1..5)")
         else:
             if fmt == "lmdb_zip" and source_kind == "archive":
-                raise DataError(f"{p}: unzip the LSUN LMDB and pass --source-kind lmdb --path <dir>.mdb folder")
+                p, source_kind = _unzip_lmdb(p), "lmdb"
             if source_kind == "folder":
                 if not p.is_dir() or not any(q.suffix.lower() in IMAGE_EXTS for q in p.rglob("*")):
                     raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
@@ -352,6 +368,8 @@ def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lct.download import DownloadError
+
     ap = argparse.ArgumentParser(prog="lct prepare-data", description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", required=True, help="dataset name (a key of KNOWN_SOURCES or your own)")
     ap.add_argument("--source-kind", "--source", dest="source_kind", required=True,
@@ -375,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                        md5=a.md5, path=a.path, flip=a.flip, skip_corrupt=a.skip_corrupt,
                        resize_method=a.resize_method, channels=a.channels, source_format=a.source_format,
                        limit=a.limit, cache_dir=a.cache_dir)
-    except DataError as e:
+    except (DataError, DownloadError) as e:
         print(f"lct prepare-data: {e}", file=sys.stderr)
         return 1
     print(json.dumps({k: meta[k] for k in ("dataset", "count", "shape", "skipped_corrupt") if k in meta}))
