@@ -113,11 +113,20 @@ class FeatureExtractor:
         return feats.detach().float().cpu().numpy()
 
 
+# File names the upstreams give the pretrained extractors (lct.fetch.ASSETS places them).
+WEIGHT_FILES = {
+    "inception_clean": "inception-2015-12-05.pt",  # NVIDIA's TorchScript Inception (clean-fid `clean`)
+    "inception_legacy": "pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid's weights (`legacy_pytorch`)
+    "vgg16": "vgg16-397923af.pth",  # torchvision ImageNet VGG16
+}
+
+
 def _require(resources: str | Path | None, name: str) -> Path:
+    """The fetched weight file of asset `name` (lct.fetch.ASSETS); fails naming `snakemake fetch_weights`."""
     from lct.fetch import require
 
     if resources is None:
-        raise ValueError(f"feature extractor needs --resources (the folder of `lct fetch-weights`) for {name!r}")
+        raise ValueError(f"feature extractor {name!r} needs --resources (the folder of `lct fetch-weights`)")
     return Path(require(resources, name))
 
 
@@ -138,8 +147,15 @@ def inception_clean(resources: str | Path | None, device: torch.device) -> Featu
     """clean-fid mode `clean`: TorchScript Inception (NVIDIA's port), PIL bicubic resize to 299."""
     from cleanfid.inception_torchscript import InceptionV3W
 
-    path = _require(resources, "inception")
-    model = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(device).eval()
+    path = _require(resources, "inception_clean")
+    if path.name == WEIGHT_FILES["inception_clean"]:
+        model = InceptionV3W(str(path.parent), download=False, resize_inside=False)
+    else:  # same module, file under another name: InceptionV3W only takes a folder
+        model = InceptionV3W.__new__(InceptionV3W)
+        torch.nn.Module.__init__(model)
+        model.base = torch.jit.load(str(path), map_location="cpu").eval()
+        model.layers, model.resize_inside = model.base.layers, False
+    model = model.to(device).eval()
     return FeatureExtractor("inception_clean", model, _cresize.build_resizer("clean"), device)
 
 
@@ -147,7 +163,7 @@ def inception_legacy(resources: str | Path | None, device: torch.device) -> Feat
     """clean-fid mode `legacy_pytorch` (= pytorch-fid): FID Inception, torch bilinear resize to 299."""
     from cleanfid.inception_pytorch import InceptionV3
 
-    path = _require(resources, "inception_pytorch")
+    path = _require(resources, "inception_legacy")
     with _local_state_dict(path):
         model = InceptionV3(output_blocks=[3], resize_input=False).to(device).eval()
 
