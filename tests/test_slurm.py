@@ -89,8 +89,8 @@ def _profile_train_resources(**changes) -> list[str]:
     """--set-resources for the drills: the profile's own train entry with `changes` applied
     (a --set-resources given on the command line REPLACES the profile's whole set-resources)."""
     prof = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    train = {**prof["set-resources"]["train"], **changes}
-    return ["--set-resources", *(f"train:{k}={v}" for k, v in train.items())]
+    rules = {**prof["set-resources"], "train": {**prof["set-resources"]["train"], **changes}}
+    return ["--set-resources", *(f"{r}:{k}={v}" for r, res in rules.items() for k, v in res.items())]
 
 
 def test_workflow_runs_through_sbatch_and_matches_local_run(tmp_path):
