@@ -96,6 +96,7 @@ def test_cleanfid_path_end_to_end_with_digit_classifier(tmp_path, mnist):
     assert ours > same > 0  # different digits are further apart than two halves of the same digits
 
 
+@pytest.mark.slow
 def test_digit_classifier_trains_and_reloads(tmp_path, mnist):
     torch.manual_seed(0)
     images, labels = mnist
