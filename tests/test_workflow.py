@@ -1,0 +1,195 @@
+"""The workflow: lint, format, dry-runs on the paper config, schema errors, a real tiny run with
+an interrupt (SIGKILL mid-way, then `--rerun-incomplete` finishes without redoing completed jobs),
+and a settings change that reruns only the experiment it touches."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(args: list[str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run snakemake with a hard time limit; output (stdout + stderr) in .stdout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(SNAKEMAKE + args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry-run: rule -> number of jobs."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("Job stats"):
+            in_table, counts = True, {}
+            continue
+        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if in_table and m:
+            counts[m.group(1)] = int(m.group(2))
+        elif in_table and line.startswith("total"):
+            in_table = False
+    return counts
+
+
+def config_copy(tmp_path: Path, name: str, edit=None) -> Path:
+    """A copy of a config whose relative paths point into the repository (for --directory tmp)."""
+    cfg = yaml.safe_load((ROOT / name).read_text())
+    cfg["published"] = str(ROOT / cfg["published"])
+    if edit is not None:
+        edit(cfg)
+    path = tmp_path / Path(name).name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def in_tmp(tmp_path: Path, configfile: Path, profile: str = "profiles/local") -> list[str]:
+    """Arguments that run the repository's workflow with a fresh working directory (no outputs yet)."""
+    return ["--snakefile", str(ROOT / "workflow/Snakefile"), "--directory", str(tmp_path),
+            "--profile", str(ROOT / profile), "--configfile", str(configfile)]
+
+
+def paper_experiments() -> dict:
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())["experiments"]
+
+
+def test_lint_is_clean():
+    for configfile in ([], ["--configfile", "config/demo.yaml"]):
+        r = snakemake(["--lint", *configfile])
+        assert r.returncode == 0 and "Lints for" not in r.stdout, r.stdout[-3000:]
+
+
+def test_snakefmt_check():
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "workflow/"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_paper_config_has_one_experiment_per_distinct_run():
+    exps = paper_experiments()
+    # Table 1: 9; Table 2: 4 + 2 + 4 + 3; the pixel iCT run (Figure 1); the as-coded c run (Figure 3).
+    assert len(exps) == 9 + 13 + 1 + 1 == 24
+    resolved = {name: (e["dataset"], e["preset"], yaml.safe_dump(e.get("overrides"), sort_keys=True))
+                for name, e in exps.items()}
+    assert len(set(resolved.values())) == len(resolved), "two experiments describe the same training run"
+    assert sum(1 for e in exps.values() if "snapshot_every" in (e.get("overrides") or {}).get("train", {})) == 3
+
+
+@pytest.mark.parametrize("profile", ["profiles/local", "profiles/slurm"])
+def test_paper_dry_run_schedules_one_train_job_per_experiment(profile, tmp_path):
+    if not (ROOT / profile / "config.yaml").is_file():
+        pytest.skip(f"{profile}/config.yaml does not exist yet")
+    r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"), profile) + ["--dry-run", "all"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    counts = job_counts(r.stdout)
+    assert counts.get("train") == len(paper_experiments()) == 24, counts
+    # One evaluation per distinct (experiment, NFE) cell of the tables, not one per row.
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cells = {(row["experiment"], row["nfe"]) for t in cfg["tables"].values() for row in t["rows"]}
+    assert counts.get("evaluate") == len(cells), counts
+    assert counts.get("table") == 7 and counts.get("fetch_weights") == 1, counts
+
+
+def test_demo_dry_run_builds_every_table_and_figure(tmp_path):
+    r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/demo.yaml")) + ["--dry-run", "all"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    counts = job_counts(r.stdout)
+    demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    assert counts.get("train") == len(demo["experiments"]), counts
+    for rule in ("train_vae", "train_classifier", "fig1_figure", "fig2_figure", "fig3_figure", "stats_td"):
+        assert counts.get(rule, 0) >= 1, (rule, counts)
+    assert counts.get("table") == 7 and "fetch_weights" not in counts, counts
+
+
+@pytest.mark.parametrize("target", ["table2c", "fig3", "samples", "all_tables", "all_figures"])
+def test_named_targets_resolve(target, tmp_path):
+    r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + ["--dry-run", target])
+    assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_cell_target_builds_one_experiment_and_its_table(tmp_path):
+    args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"))
+    r = snakemake(args + ["--dry-run", "cell", "--config", "cell=celebahq_2c_geman_mcclure"])
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert "results/paper/tables/table2c.csv" in r.stdout
+    assert "table1a.csv" not in r.stdout and "table2a.csv" not in r.stdout
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["datasets"]["mnist"].update(resolutoin=32), "resolutoin"),
+    (lambda c: c["evaluation"].update(feature="fid_of_doom"), "fid_of_doom"),
+    (lambda c: c["experiments"]["mnist_slct"].setdefault("overrides", {}).update(loss={"distanse": "l2"}), "distanse"),
+    (lambda c: c["tables"]["table2a"]["rows"][0].update(experiment="no_such_run"), "no_such_run"),
+])
+def test_a_wrong_key_or_value_stops_the_workflow_naming_it(tmp_path, edit, named):
+    r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/demo.yaml", edit)) + ["--dry-run", "all"])
+    assert r.returncode != 0
+    assert named in r.stdout, r.stdout[-2000:]
+
+
+# ---- a real run on a tiny configuration ------------------------------------------------------
+
+
+def _mini_args(configfile: Path) -> list[str]:
+    return in_tmp(configfile.parent, configfile) + ["--cores", "2"]
+
+
+@pytest.mark.slow
+def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path):
+    cfg = config_copy(tmp_path, "tests/demo-mini.yaml")
+    out = tmp_path / "results/mini"
+    done_marker = out / "data/mnist/latents/latents.npy"
+    # 1. Start the run; SIGKILL the whole process group (a preempted node) once the data stage is done.
+    proc = subprocess.Popen(SNAKEMAKE + _mini_args(cfg) + ["all"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 240
+    try:
+        while not done_marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert done_marker.exists(), "the data stage did not finish within 4 minutes"
+        time.sleep(1.0)
+        killed = proc.poll() is None
+        if killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        first_log = proc.communicate(timeout=30)[0]
+    completed = {p: p.stat().st_mtime_ns for p in [out / "data/mnist/images.npy", done_marker]}
+    # 2. Rerun: the stale lock of the killed run is removed, incomplete jobs are redone.
+    assert snakemake(_mini_args(cfg) + ["--unlock"], cwd=tmp_path).returncode == 0
+    r = snakemake(_mini_args(cfg) + ["--rerun-incomplete", "all"], cwd=tmp_path, timeout=420)
+    assert r.returncode == 0, first_log[-2000:] + "\n----\n" + r.stdout[-4000:]
+    for path, mtime in completed.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was rebuilt although it was complete"
+    assert "rule prepare_data" not in r.stdout and "rule encode" not in r.stdout
+    # 3. Every output of the tiny DAG exists and the table holds the reproduced cells.
+    for ext in ("csv", "md", "tex"):
+        assert (out / f"tables/table1a.{ext}").stat().st_size > 0
+    assert (out / "figures/fig2.png").is_file() and (out / "figures/fig2.pdf").is_file()
+    for e in ("mini_ilct", "mini_slct"):
+        assert (out / f"eval/{e}/nfe1.json").is_file()
+        assert (out / f"runs/{e}/final.pt").is_file()
+    assert (out / "config.resolved.yaml").is_file()
+    # 4. Nothing left to do; then changing one experiment's settings reruns only that experiment.
+    r = snakemake(_mini_args(cfg) + ["--dry-run", "all"], cwd=tmp_path)
+    assert "Nothing to be done" in r.stdout, r.stdout[-2000:]
+    changed = yaml.safe_load(cfg.read_text())
+    changed["experiments"]["mini_slct"]["overrides"] = {"loss": {"diffusion_r": 0.5}}
+    cfg.write_text(yaml.safe_dump(changed))
+    r = snakemake(_mini_args(cfg) + ["--dry-run", "all"], cwd=tmp_path)
+    counts = job_counts(r.stdout)
+    assert counts.get("train") == 1 and counts.get("evaluate") == 1, counts
+    assert "runs/mini_slct/final.pt" in r.stdout and "runs/mini_ilct/final.pt" not in r.stdout
