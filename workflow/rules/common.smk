@@ -149,7 +149,10 @@ def training_data_file(dataset):
 
 
 def vae_dir(vae):
-    """Pretrained VAEs: fetched by fetch_weights into resources_dir/<key>; demo VAEs: trained there."""
+    """Pretrained: fetch_weights writes resources_dir/<last part of repo>; trained: resources_dir/<key>."""
+    v = config["vaes"][vae] if vae in config["vaes"] else {"kind": "train"}
+    if v["kind"] == "pretrained":
+        return f"{RES}/{v['repo'].rstrip('/').split('/')[-1]}"
     return f"{RES}/{vae}"
 
 
@@ -290,7 +293,7 @@ def encode_inputs(wildcards):
         _fail(f"datasets.{wildcards.dataset} has vae: null, so it has no latents")
     inputs = {"images": images_path(wildcards.dataset)}
     if config["vaes"][vae]["kind"] == "pretrained":
-        inputs["vae"] = fetch_marker()  # fetch_weights writes resources_dir/<key>
+        inputs["vae"] = fetch_marker()  # fetch_weights writes resources_dir/<last part of repo>
     else:
         inputs["vae"] = vae_dir(vae)  # trained by the pipeline (rule train_vae)
     return inputs
