@@ -76,7 +76,7 @@ def _load_elatentlpips(device: torch.device) -> torch.nn.Module:
                 "run `lct fetch-weights --elatentlpips` (the fetch_weights rule) on a node with internet first"
             ) from e
         try:
-            model = elatentlpips.ELatentLPIPS(encoder="sd15", augment=None)
+            model = elatentlpips.ELatentLPIPS(encoder="sd15", augment="bg")  # "E": ensembled augmentation
         except Exception as e:  # weights missing offline
             raise RuntimeError(
                 f"E-LatentLPIPS weights could not be loaded ({e}); run `lct fetch-weights --elatentlpips` "
