@@ -293,7 +293,8 @@ def encode_inputs(wildcards):
         _fail(f"datasets.{wildcards.dataset} has vae: null, so it has no latents")
     inputs = {"images": images_path(wildcards.dataset)}
     if config["vaes"][vae]["kind"] == "pretrained":
-        inputs["vae"] = fetch_marker()  # fetch_weights writes resources_dir/<last part of repo>
+        # fetch_weights writes resources_dir/<last part of repo>
+        inputs["vae"] = fetch_marker()
     else:
         inputs["vae"] = vae_dir(vae)  # trained by the pipeline (rule train_vae)
     return inputs
@@ -539,7 +540,9 @@ def sample_dirs(wildcards):
 
 def resolved_config_json():
     """The merged workflow config (what the report reads), canonical so it changes only with the config."""
-    return json.dumps(config, sort_keys=True, default=str)
+    # `cell` is a target choice, not a setting.
+    merged = {k: v for k, v in config.items() if k != "cell"}
+    return json.dumps(merged, sort_keys=True, default=str)
 
 
 def samples_grid(wildcards):
