@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import math
 import signal
 import sys
@@ -301,8 +302,13 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         if t.compile:
             net = torch.compile(net)
         if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(
-                net, device_ids=[dev.index] if dev.type == "cuda" else None)
+            # No buffer broadcast: the UNet's buffers are constants, and the objective may run a
+            # different number of forward passes per rank (the diffusion loss only when its local
+            # batch has small-t pairs), which per-forward broadcasts would deadlock.
+            ddp = torch.nn.parallel.DistributedDataParallel
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else {"broadcast_buffers": False})  # the older name (torch < 2.13)
+            net = ddp(net, device_ids=[dev.index] if dev.type == "cuda" else None, **no_sync)
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
