@@ -1,6 +1,5 @@
 """Norm factory and the ADM UNet: shapes, NsLN without scale, parameter counts, the command."""
 
-import dataclasses
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
