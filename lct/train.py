@@ -259,6 +259,8 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             return load_checkpoint_model(run_dir / "final.pt", "online", dev)[0]
         data, info = load_training_data(data_path)
         n, shape = data.shape[0], list(data.shape)
+        if dev.type == "cuda" and data.numel() * 4 <= 8 << 30:
+            data = data.to(dev)  # encoded latents fit on the GPU: no host-to-device copy per step
         total = total_steps_for(cfg, n)
         if dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
