@@ -18,7 +18,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-pytestmark = pytest.mark.workflow
+# Every test here starts Snakemake (several seconds each on a loaded 2-core machine).
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 
 def snakemake(args: list[str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -112,9 +113,10 @@ def test_demo_dry_run_builds_every_table_and_figure(tmp_path):
     assert counts.get("table") == 7 and "fetch_weights" not in counts, counts
 
 
-@pytest.mark.parametrize("target", ["table2c", "fig3", "samples", "all_tables", "all_figures"])
-def test_named_targets_resolve(target, tmp_path):
-    r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + ["--dry-run", target])
+def test_named_targets_resolve(tmp_path):
+    targets = ["all_tables", "all_figures", "table1a", "table1b", "table1c", "table2a", "table2b", "table2c",
+               "table2d", "fig1", "fig2", "fig3", "samples", "fetch_weights"]
+    r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + ["--dry-run", *targets])
     assert r.returncode == 0, r.stdout[-2000:]
 
 
@@ -151,14 +153,15 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     out = tmp_path / "results/mini"
     done_marker = out / "data/mnist/latents/latents.npy"
     # 1. Start the run; SIGKILL the whole process group (a preempted node) once the data stage is done.
-    proc = subprocess.Popen(SNAKEMAKE + _mini_args(cfg) + ["all"], cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    first_log = tmp_path / "first-run.log"  # a file, not a pipe: a full pipe would stall Snakemake
+    with first_log.open("w") as log:
+        proc = subprocess.Popen(SNAKEMAKE + _mini_args(cfg) + ["all"], cwd=tmp_path, start_new_session=True,
+                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 240
     try:
         while not done_marker.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-        assert done_marker.exists(), "the data stage did not finish within 4 minutes"
+        assert done_marker.exists(), "the data stage did not finish within 4 minutes:\n" + first_log.read_text()[-3000:]
         time.sleep(1.0)
         killed = proc.poll() is None
         if killed:
@@ -166,12 +169,13 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        first_log = proc.communicate(timeout=30)[0]
+        proc.wait(timeout=30)
     completed = {p: p.stat().st_mtime_ns for p in [out / "data/mnist/images.npy", done_marker]}
     # 2. Rerun: the stale lock of the killed run is removed, incomplete jobs are redone.
     assert snakemake(_mini_args(cfg) + ["--unlock"], cwd=tmp_path).returncode == 0
     r = snakemake(_mini_args(cfg) + ["--rerun-incomplete", "all"], cwd=tmp_path, timeout=420)
-    assert r.returncode == 0, first_log[-2000:] + "\n----\n" + r.stdout[-4000:]
+    assert r.returncode == 0, first_log.read_text()[-2000:] + "\n----\n" + r.stdout[-4000:]
+    assert killed, "the first run finished before it could be killed"
     for path, mtime in completed.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was rebuilt although it was complete"
     assert "rule prepare_data" not in r.stdout and "rule encode" not in r.stdout

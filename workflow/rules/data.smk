@@ -42,7 +42,6 @@ rule train_vae:
         f"{RESULTS}/logs/train_vae/{{vae}}.log",
     conda:
         ENV
-    threads: 2
     params:
         data=train_vae_data,
         args=train_vae_args,

@@ -47,7 +47,6 @@ rule train_classifier:
         f"{RESULTS}/logs/train_classifier.log",
     conda:
         ENV
-    threads: 2
     params:
         data=classifier_data,
         steps=classifier_steps,
