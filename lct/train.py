@@ -20,7 +20,8 @@ Contract with the workflow and the SLURM profile
   so the job has time to save before the time limit; on exit 3 requeue the job or let Snakemake
   retry (``retries:`` in profiles/slurm): the retried command resumes. Under ``torchrun`` every
   rank agrees on the stopping step, rank 0 saves, all ranks exit 3 (torchrun itself then reports
-  a failure status, which a retry treats the same way).
+  a failure status, 1, which a retry treats the same way). torchrun forwards SIGTERM to its workers
+  and kills them 30 s later, so a step plus a checkpoint must fit in 30 s there.
 * Only ``final.pt`` is a workflow output; ``checkpoints/`` stays undeclared so Snakemake never
   deletes it when a job fails.
 """
