@@ -42,7 +42,8 @@ class NonScalingLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, C, H, W]
         # y = (x - E[x]) / sqrt(Var[x] + eps) * 1 + beta   (eq. 12, gamma fixed to 1)
-        return F.layer_norm(x, self.shape, None, self.bias, self.eps)
+        # Bias added outside layer_norm so its dtype follows x under bf16 autocast on CPU.
+        return F.layer_norm(x, self.shape, None, None, self.eps) + self.bias.to(x.dtype)  # eq. 12, gamma = 1
 
 
 class NonScalingGroupNorm(nn.Module):
@@ -55,7 +56,7 @@ class NonScalingGroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, C, H, W]
-        return F.group_norm(x, self.groups, None, None, self.eps) + self.bias.view(1, -1, 1, 1)
+        return F.group_norm(x, self.groups, None, None, self.eps) + self.bias.to(x.dtype).view(1, -1, 1, 1)
 
 
 def _group(c: int, r: int) -> nn.Module:
