@@ -152,7 +152,7 @@ def vae_dir(vae):
     """Pretrained: fetch_weights writes resources_dir/<last part of repo>; trained: resources_dir/<key>."""
     v = config["vaes"][vae] if vae in config["vaes"] else {"kind": "train"}
     if v["kind"] == "pretrained":
-        return f"{RES}/{v['repo'].rstrip('/').split('/')[-1]}"
+        return f"{RES}/{Path(v['repo']).name}"
     return f"{RES}/{vae}"
 
 

@@ -16,7 +16,9 @@ rule experiment_config:
 
 
 # Only final.pt is declared: checkpoints/ stay undeclared so a failed or preempted job never loses
-# them, and rerunning the same command resumes. Several GPUs: torchrun inside one job.
+# them, and rerunning the same command resumes. Several GPUs: torchrun inside one job. When the
+# experiment's settings changed (its config differs from the run's), the old state is moved aside
+# (runs/<e>/superseded-<time>/), never deleted, and training starts afresh.
 rule train:
     input:
         unpack(train_inputs),
@@ -30,11 +32,17 @@ rule train:
         data=train_data_dir,
         run_dir=run_dir,
     shell:
+        # Settings changed since the last attempt: keep the old state aside, start afresh.
+        "(if [ -f {params.run_dir}/config.yaml ] && ! cmp -s {input.config} {params.run_dir}/config.yaml; then "
+        "old={params.run_dir}/superseded-$(date +%Y%m%d-%H%M%S); mkdir -p $old; "
+        "for f in checkpoints snapshots config.yaml log.jsonl loss.png; do "
+        "[ ! -e {params.run_dir}/$f ] || mv {params.run_dir}/$f $old/; done; "
+        "echo lct workflow: settings changed, previous state moved to $old; fi; "
         "if [ {resources.gpu} -gt 1 ]; then "
         "torchrun --standalone --nproc_per_node {resources.gpu} -m lct.cli train "
         "--config {input.config} --data {params.data} --run-dir {params.run_dir} --quiet; "
         "else lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} --quiet; "
-        "fi >> {log} 2>&1"
+        "fi) >> {log} 2>&1"
 
 
 # The demo's metric: a small digit classifier whose features replace Inception.
