@@ -185,6 +185,9 @@ def train_tiny_vae(images: np.ndarray, out_dir: str | Path, steps: int = 600, ba
         opt.step()
         sched.step()
         loss_log.append(float(loss.detach()))
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            print(f"train-vae: step {step + 1}/{steps} loss {np.mean(loss_log[-50:]):.5f} "
+                  f"({time.time() - t0:.0f} s)", file=sys.stderr)
     vae.eval()
     sub = images[np.linspace(0, n - 1, min(eval_images, n)).astype(int)]
     report = {**reconstruction_error(vae, sub), "steps": steps, "batch_size": batch_size, "lr": lr,

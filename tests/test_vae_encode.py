@@ -27,6 +27,7 @@ def demo(tmp_path_factory):
     return root, rep
 
 
+@pytest.mark.slow  # shares the tiny-VAE training fixture (~5 s of CPU)
 def test_tiny_vae_saved_with_report(demo):
     root, rep = demo
     assert (root / "vae" / "config.json").is_file() and not (root / "vae.tmp").exists()
@@ -42,6 +43,7 @@ def test_load_vae_missing_names_fetch_weights(tmp_path):
         load_vae(tmp_path / "sd-vae-ft-ema")
 
 
+@pytest.mark.slow  # shares the tiny-VAE training fixture (~5 s of CPU)
 def test_interrupted_encode_resumes_and_round_trips(demo, tmp_path, monkeypatch):
     root, rep = demo
     out = tmp_path / "latents"
@@ -109,6 +111,7 @@ def test_normalizer_file_round_trip(tmp_path):
     np.testing.assert_array_equal(back.mean, norm.mean)
 
 
+@pytest.mark.slow  # shares the tiny-VAE training fixture (~5 s of CPU)
 def test_pixel_codec_is_identity(demo):
     root, _ = demo
     codec = load_codec(root / "mnist")
