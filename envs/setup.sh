@@ -37,11 +37,12 @@ else
     "$PYTHON" -m pip install -r envs/requirements.txt
 fi
 
-if "$PYTHON" -c "import lct, pathlib, sys; sys.exit(0 if pathlib.Path(lct.__file__).resolve().parent == pathlib.Path('$ROOT/lct').resolve() else 1)" 2>/dev/null \
+# -I: ignore the working directory, so only an installed `lct` counts.
+if "$PYTHON" -I -c "import lct, pathlib, sys; sys.exit(0 if pathlib.Path(lct.__file__).resolve().parent == pathlib.Path('$ROOT/lct').resolve() else 1)" 2>/dev/null \
     && command -v lct >/dev/null; then
     echo "setup: lct already installed from $ROOT"
 else
-    "$PYTHON" -m pip install --no-deps --no-build-isolation -e "$ROOT"
+    "$PYTHON" -m pip install --no-deps -e "$ROOT"
 fi
 
 # 2. The SLURM profile where `--profile slurm` finds it (never overwrite a user's own profile).
