@@ -181,6 +181,12 @@ def snapshot_evals(eval_dir: str | Path | dict[str, Path], experiment: str) -> l
     return sorted(rows, key=lambda r: r["step"])
 
 
+def _sample_dim(path: str | Path) -> int:
+    """Dimension d of one training sample in a latents.npy / images.npy file (read lazily)."""
+    shape = np.load(path, mmap_mode="r").shape
+    return int(np.prod(shape[1:]))
+
+
 def figure3(experiments: dict[str, str], eval_dir: str | Path | dict[str, Path], out: str | Path, d: int = 4096, s0: int = 10,
             s1: int = 640, fid_mode: str | None = None) -> list[Path]:
     """c against N (left); FID (middle) and Recall (right) over training for each c choice."""
@@ -369,7 +375,10 @@ def add_subparsers(sub: Any) -> None:
     f.add_argument("--snapshots", nargs="+", help="fig3: eval/<experiment>/snapshots dirs")
     f.add_argument("--samples", help="grid: a dir written by `lct sample --decode`")
     f.add_argument("--grid", type=int, default=8, help="grid: images per side")
-    f.add_argument("--dim", type=int, default=None, help="fig3: data dimension d for c0 (default 32*32*4)")
+    f.add_argument("--dim", type=int, default=None, help="fig3: data dimension d for c0 (default: from --data-file, else 32*32*4)")
+    f.add_argument("--data-file", help="fig3: the training data (latents.npy or images.npy) whose sample size is d")
+    f.add_argument("--s0", type=int, default=10, help="fig3: initial discretization intervals of the curriculum")
+    f.add_argument("--s1", type=int, default=640, help="fig3: final discretization intervals of the curriculum")
     s = sub.add_parser("samples", help="a grid of fixed-seed samples as .png and .pdf")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--data", required=True, help="data/<ds>/latents or data/<ds> (decodes samples)")
@@ -410,7 +419,8 @@ def run_subcommand(a: argparse.Namespace) -> int:
                 raise SystemExit(f"{a.config}: no figures.fig3 section")
             modes = (cfg.get("evaluation") or {}).get("fid_modes") or []
             where = {Path(d).parent.name: Path(d) for d in a.snapshots} if a.snapshots else a.eval_dir
-            paths = figure3(f3["experiments"], where, out, d=a.dim or 4096,
+            d = a.dim or (_sample_dim(a.data_file) if a.data_file else 4096)
+            paths = figure3(f3["experiments"], where, out, d=d, s0=a.s0, s1=a.s1,
                             fid_mode="legacy_pytorch" if "legacy_pytorch" in modes else None)
     elif a.cmd == "samples":
         paths = samples_grid(a.checkpoint, a.data, a.nfe, a.grid, _strip_ext(a.out), a.ema, a.seed_offset,

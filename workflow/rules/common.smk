@@ -494,6 +494,18 @@ def fig3_inputs(wildcards):
     return [f"{RESULTS}/eval/{e}/snapshots" for e in fig3_cfg()["experiments"].values()]
 
 
+def fig3_data_file(wildcards):
+    """Figure 3's c0 = 0.00054 sqrt(d) needs d of the c-choice runs' training data."""
+    first = next(iter(fig3_cfg()["experiments"].values()))
+    return training_data_file(dataset_of(first))
+
+
+def fig3_curriculum(wildcards):
+    first = next(iter(fig3_cfg()["experiments"].values()))
+    sched = EXPERIMENTS[first].schedule
+    return f"--s0 {sched.s0} --s1 {sched.s1}"
+
+
 def samples_cfg():
     return config["figures"]["samples"]
 

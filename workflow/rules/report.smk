@@ -67,6 +67,7 @@ rule fig3_figure:
     input:
         snapshots=fig3_inputs,
         config=f"{RESULTS}/config.resolved.yaml",
+        data=fig3_data_file,
     output:
         figure_files("fig3"),
     log:
@@ -75,9 +76,10 @@ rule fig3_figure:
         ENV
     params:
         out=output_prefix,
+        curriculum=fig3_curriculum,
     shell:
         "lct report figure --figure fig3 --config {input.config} --snapshots {input.snapshots} "
-        "--out {params.out} > {log} 2>&1"
+        "--data-file {input.data} {params.curriculum} --out {params.out} > {log} 2>&1"
 
 
 rule sample_grid:
