@@ -68,7 +68,9 @@ def train_classifier(
     x_all = _to_input(np.asarray(images))
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     num_classes = int(y_all.max()) + 1
-    model = DigitClassifier(num_classes=num_classes, width=width)
+    with torch.random.fork_rng(devices=[]):  # injected seed: the same weights on every run
+        torch.manual_seed(seed)
+        model = DigitClassifier(num_classes=num_classes, width=width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     t0 = time.time()
     model.train()

@@ -175,12 +175,7 @@ def test_real_workflow_runs_through_sbatch_and_matches_local_run():
         (local_res / "data/mnist/latents/latents.npy").read_bytes()
     table = (slurm_res / "tables" / "table1a.csv").read_text()
     assert "mini_slct,computed" in table
-    if not _tensors_equal(slurm_res / "resources/digit-classifier.pt", local_res / "resources/digit-classifier.pt"):
-        # KNOWN DEFECT outside this test: lct/classifier.py builds DigitClassifier from the unseeded
-        # global RNG, so two runs of `lct train-classifier` differ and so does FD-digit. Once it is
-        # seeded, this branch is never taken and the table equality below is asserted.
-        pytest.xfail("lct train-classifier is not deterministic (unseeded model init); trained "
-                     "weights and latents matched exactly")
+    assert _tensors_equal(slurm_res / "resources/digit-classifier.pt", local_res / "resources/digit-classifier.pt")
     assert table == (local_res / "tables" / "table1a.csv").read_text()
 
 
