@@ -17,7 +17,7 @@ import time
 import torch
 
 from lct.config import resolve_experiment
-from lct.nn.unet import count_parameters
+from lct.nn.params import count_parameters
 from lct.objectives import build_objective
 from lct.ot import ot_pair
 from lct.precond import build_model

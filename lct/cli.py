@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ref-stats": ("lct.evaluate", "reference feature statistics of a dataset", "ref_stats_main"),
     "evaluate": ("lct.evaluate", "FID / Recall of one (experiment, NFE)"),
     "report": ("lct.report", "tables and figures beside the published numbers"),
-    "unet-params": ("lct.nn.unet", "parameter count of the paper UNet for each norm", "params_main"),
+    "unet-params": ("lct.nn.params", "parameter count of the paper UNet for each norm"),
 }
 
 

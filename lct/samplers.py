@@ -79,14 +79,18 @@ def edm_sampler(net: nn.Module, noise: torch.Tensor, num_steps: int, cfg: "Exper
                 heun_last: bool = False) -> torch.Tensor:
     """Deterministic EDM sampler (Karras et al. 2022, Algorithm 1, S_churn = 0), 2nd-order Heun.
 
-    NFE: with heun_last False the grid ends at t = 0 and the last step is Euler, as in EDM, so
-    NFE = 2 num_steps - 1; with heun_last True the grid ends at sigma_min, every step is Heun and
-    NFE = 2 num_steps (the sample is the state at sigma_min = 0.002, as for the consistency model).
+    `num_steps` steps of nonzero length. With heun_last False the Karras grid has num_steps points
+    and the last step goes from sigma_min to t = 0 by Euler, as in EDM: NFE = 2 num_steps - 1.
+    With heun_last True the grid has num_steps + 1 points ending at sigma_min and every step is
+    Heun: NFE = 2 num_steps (the sample is the state at sigma_min, as for the consistency model).
     """
     s = cfg.schedule
     b, dev, dt = noise.shape[0], noise.device, noise.dtype
-    t = karras_sigmas(num_steps, s.sigma_min, s.sigma_max, s.rho).flip(0).tolist() if num_steps > 1 else [s.sigma_max]
-    t = t + ([s.sigma_min] if heun_last else [0.0])
+    if heun_last:  # t_0 = sigma_max > ... > t_num_steps = sigma_min
+        t = karras_sigmas(num_steps + 1, s.sigma_min, s.sigma_max, s.rho).flip(0).tolist()
+    else:  # t_0 = sigma_max > ... > t_{num_steps-1} = sigma_min, then t = 0
+        t = (karras_sigmas(num_steps, s.sigma_min, s.sigma_max, s.rho).flip(0).tolist() if num_steps > 1
+             else [s.sigma_max]) + [0.0]
     x = noise.to(torch.float64) * t[0]
     for j in range(num_steps):
         t_cur, t_next = t[j], t[j + 1]

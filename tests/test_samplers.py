@@ -74,12 +74,20 @@ def test_sample_consistency_algorithm_1():
     torch.testing.assert_close(out, expect)
 
 
-@pytest.mark.parametrize("nfe", [1, 2, 5, 250])
+@pytest.mark.parametrize("nfe", [1, 2, 5, 249, 250])
 def test_edm_sampler_nfe(nfe):
+    """Exactly nfe network calls, and every step has nonzero length (no zero-length last step)."""
     steps, heun_last = edm_steps_for_nfe(nfe)
     net = Counting()
     edm_sampler(net, torch.randn(1, 1, 2, 2), steps, _cfg("ldm_ve"), heun_last=heun_last)
     assert net.calls == nfe
+    distinct = sorted(set(net.sigmas), reverse=True)
+    # Heun evaluates at both ends of each step: the distinct sigmas are the grid points visited.
+    assert len(distinct) == steps + (1 if heun_last else 0), (nfe, len(distinct))
+    assert distinct[0] == pytest.approx(80.0)
+    assert nfe == 1 or distinct[-1] == pytest.approx(0.002)  # nfe 1: one Euler step from 80 to 0
+    if nfe == 250:
+        assert steps == 125 and len(distinct) == 126  # 125 real Heun steps, sigma_max .. sigma_min
 
 
 def test_edm_sampler_recovers_gaussian_data():

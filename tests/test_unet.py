@@ -6,7 +6,9 @@ import torch
 
 from lct.config import NetworkConfig
 from lct.nn.norms import NORMS, NonScalingLayerNorm, make_norm, norm_scale_parameters, num_groups
-from lct.nn.unet import UNET_SIZES, build_unet, count_parameters, params_main, unet_kwargs
+from lct.nn.params import count_parameters
+from lct.nn.params import main as params_main
+from lct.nn.unet import UNET_SIZES, build_unet, unet_kwargs
 
 
 @pytest.mark.parametrize("name", sorted(NORMS))
@@ -77,11 +79,38 @@ def test_param_counts_per_norm_tiny():
     assert counts["group"][0] - counts["nsgn"][0] == counts["group"][1]
 
 
-def test_paper_size_is_about_151m():
+# Trainable parameters of the paper size on 32x32x4, measured from the authors' code (EDM
+# DhariwalUNet with resample_proj off; METHOD.md section 4). IN has a per-channel affine like GN;
+# NsGN / NsIN drop GN's per-channel scale.
+PAPER_COUNTS = {
+    "group": 151_325_956,
+    "instance": 151_325_956,
+    "layer": 165_468_676,
+    "rms": 158_355_972,
+    "nsln": 158_355_972,
+}
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_paper_size_counts_match_the_authors_network(norm):
     with torch.device("meta"):
-        n = count_parameters(build_unet(NetworkConfig(size="paper"), 32, 4))
-    assert 148e6 < n < 155e6, n
+        net = build_unet(NetworkConfig(size="paper", norm=norm), 32, 4)
+    n, scales = count_parameters(net), norm_scale_parameters(net)
+    if norm in PAPER_COUNTS:
+        assert n == PAPER_COUNTS[norm], (norm, n)
+    else:  # nsgn, nsin: GroupNorm's count minus its scales
+        assert n == PAPER_COUNTS["group"] - norm_scale_parameters(build_unet(NetworkConfig(size="paper"), 32, 4)), n
     assert UNET_SIZES["paper"]["channel_mult"] == [1, 2, 3, 4]
+
+
+def test_up_down_blocks_have_no_skip_projection():
+    """EDM resample_proj=False: a resampling block with equal channels resamples its skip path only."""
+    net = build_unet(NetworkConfig(size="tiny"), 8, 4)
+    resamplers = [b for b in list(net.enc) + list(net.dec) if getattr(b, "up", False) or getattr(b, "down", False)]
+    assert resamplers and all(b.skip is None for b in resamplers)
+    # The skip-consuming decoder blocks are listed on the UNet, not marked on the modules.
+    assert len(net.dec_takes_skip) == len(net.dec)
+    assert not any(hasattr(b, "is_skip_consumer") for b in net.dec)
 
 
 def test_unet_params_command(capsys):

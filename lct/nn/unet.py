@@ -6,21 +6,21 @@ with a residual downsampling block between resolutions; a middle of two residual
 first with attention); a decoder of `num_blocks + 1` residual blocks per resolution fed by the
 encoder skips, with residual upsampling blocks; then norm, SiLU, 3x3 conv. Residual blocks use
 adaptive scale/shift from the embedding; the last conv of each block, the attention projection
-and the output conv start at zero. Every norm (network.norm) is built by `lct.nn.norms.make_norm`
+and the output conv start at zero. As in EDM's DhariwalUNet (`resample_proj=False`), up/down
+blocks resample their skip path without a 1x1 convolution: the paper size on 32x32x4 then has
+151,325,956 trainable parameters with GroupNorm (tests/test_unet.py pins every norm). Every norm (network.norm) is built by `lct.nn.norms.make_norm`
 with the activation's resolution, which LayerNorm-type norms need.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lct.nn.norms import NORMS, make_norm, norm_scale_parameters
+from lct.nn.norms import make_norm
 
 if TYPE_CHECKING:
     from lct.config import NetworkConfig
@@ -69,7 +69,9 @@ class ResBlock(nn.Module):
         self.norm1 = make_norm(norm, cout, res_out)
         self.dropout = nn.Dropout(dropout)
         self.conv1 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
-        self.skip = nn.Conv2d(cin, cout, 1) if (cin != cout or up or down) else None
+        # EDM's resample_proj=False (the authors' run): an up/down block resamples its skip path with
+        # no 1x1 convolution; only a change of channel count gets one.
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
         self.num_heads = max(cout // channels_per_head, 1) if attention else 0
         if attention:
             self.norm2 = make_norm(norm, cout, res_out)
@@ -129,18 +131,21 @@ class UNet(nn.Module):
                 skips.append(cout)
 
         self.dec = nn.ModuleList()
+        takes_skip: list[bool] = []  # decoder block j concatenates the newest encoder activation first
         for level in reversed(range(len(channel_mult))):
             res = img_resolution >> level
             if level == len(channel_mult) - 1:
                 self.dec.append(ResBlock(cout, cout, emb, res, res, attention=True, **kw))
                 self.dec.append(ResBlock(cout, cout, emb, res, res, **kw))
+                takes_skip += [False, False]
             else:
                 self.dec.append(ResBlock(cout, cout, emb, res // 2, res, up=True, **kw))
+                takes_skip.append(False)
             for _ in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * channel_mult[level]
-                blk = ResBlock(cin, cout, emb, res, res, attention=res in attn_resolutions, **kw)
-                blk.is_skip_consumer = True
-                self.dec.append(blk)
+                self.dec.append(ResBlock(cin, cout, emb, res, res, attention=res in attn_resolutions, **kw))
+                takes_skip.append(True)
+        self.dec_takes_skip = tuple(takes_skip)
         self.out_norm = make_norm(norm, cout, img_resolution)
         self.out_conv = _zero(nn.Conv2d(cout, in_channels, 3, padding=1))
 
@@ -151,8 +156,8 @@ class UNet(nn.Module):
         for block in self.enc:
             x = block(x) if isinstance(block, nn.Conv2d) else block(x, emb)
             hs.append(x)
-        for block in self.dec:
-            if getattr(block, "is_skip_consumer", False):
+        for block, takes_skip in zip(self.dec, self.dec_takes_skip):
+            if takes_skip:
                 x = torch.cat([x, hs.pop()], dim=1)
             x = block(x, emb)
         return self.out_conv(F.silu(self.out_norm(x)))
@@ -179,25 +184,3 @@ def build_unet(net_cfg: "NetworkConfig", img_resolution: int, in_channels: int) 
             "shorten network.channel_mult"
         )
     return UNet(img_resolution, in_channels, **kw)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def params_main(argv: list[str] | None = None) -> int:
-    """`lct unet-params`: parameter count of a UNet size for each norm."""
-    from lct.config import NetworkConfig
-
-    ap = argparse.ArgumentParser(prog="lct unet-params", description=params_main.__doc__)
-    ap.add_argument("--size", default="paper", choices=sorted(UNET_SIZES), help="UNet size (default: paper)")
-    ap.add_argument("--resolution", type=int, default=32, help="latent resolution (default 32 = 256px / 8)")
-    ap.add_argument("--channels", type=int, default=4, help="input channels (default 4, SD-VAE latents)")
-    args = ap.parse_args(argv)
-    print(f"UNet size {args.size!r} on {args.channels}x{args.resolution}x{args.resolution}")
-    print(f"{'norm':10s} {'parameters':>14s} {'norm scale params':>18s}")
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        for norm in NORMS:
-            net = build_unet(dataclasses.replace(NetworkConfig(size=args.size), norm=norm), args.resolution, args.channels)
-            print(f"{norm:10s} {count_parameters(net):>14,d} {norm_scale_parameters(net):>18,d}")
-    return 0
