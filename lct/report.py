@@ -54,6 +54,15 @@ def _table_key(cfg: dict[str, Any], table: str) -> str:
     raise KeyError(f"table {table!r} is not under `tables` in the workflow config; have {sorted(tables)}")
 
 
+# What each reading of the paper (lct.config.READINGS) means, for the table captions.
+READING_CAPTIONS = {
+    "as_coded": "reading as_coded: the authors' code (mean-reduced distances, as-coded c, as-coded diffusion "
+                "loss), which produced the published numbers",
+    "paper_text": "reading paper_text: the paper's equations as printed (summed distances, eq. 11, eq. 9); "
+                  "not expected to match the published numbers",
+}
+
+
 def metric_info(cfg: dict[str, Any]) -> dict[str, Any]:
     """Name, primary mode and extra modes of the Frechet metric the config's evaluation uses."""
     from lct.evaluate import SUITES
@@ -120,7 +129,10 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
     footnotes += [f"{k}: {v}" for k, v in notes.items()]
     ds = tcfg.get("dataset", pub[0]["dataset"])
     where = ds if ds == pub[0]["dataset"] else f"{ds}; paper: {pub[0]['dataset']}"
+    reading = cfg.get("reading")
     caption = f"Table {pub_id} ({where}): reproduced beside published"
+    if reading in READING_CAPTIONS:
+        caption += f"; {READING_CAPTIONS[reading]}"
 
     return {"key": key, "columns": cols, "rows": rows, "footnotes": footnotes, "caption": caption, "metric": m}
 

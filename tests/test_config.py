@@ -79,3 +79,28 @@ def test_round_trip_yaml(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml does not exist"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+def test_two_readings_of_the_paper():
+    """as_coded = the authors' code (METHOD.md section 4); paper_text = the equations as printed."""
+    coded = resolve_experiment("slct", LEN, name="s", reading="as_coded")
+    text = resolve_experiment("slct", LEN, name="s", reading="paper_text")
+    assert (coded.loss.reduction, coded.loss.c, coded.loss.diffusion_variant, coded.loss.diffusion_weight) == (
+        "mean", "as_coded", "as_coded", 5.0)
+    assert (text.loss.reduction, text.loss.c, text.loss.diffusion_variant, text.loss.diffusion_weight) == (
+        "sum", "adaptive", "paper", 1.0)
+    assert coded.network.norm == text.network.norm == "nsln"
+    # slct under the as_coded reading is exactly the explicit slct_as_coded preset
+    explicit = resolve_experiment("slct_as_coded", LEN, name="s", reading="paper_text")
+    assert {**coded.to_dict(), "preset": None} == {**explicit.to_dict(), "preset": None}
+    # iLCT as coded: Pseudo-Huber, mean reduction, fixed c0, GroupNorm
+    ilct = resolve_experiment("ilct", LEN, reading="as_coded")
+    assert (ilct.loss.distance, ilct.loss.reduction, ilct.loss.c, ilct.network.norm) == (
+        "pseudo_huber", "mean", "fixed", "group")
+    # An explicit override wins over the reading; "scaled" follows it.
+    mixed = resolve_experiment("ilct", {"loss": {"c": "scaled", "reduction": "sum"}, **LEN}, reading="as_coded")
+    assert (mixed.loss.c, mixed.loss.reduction) == ("as_coded", "sum")
+    # The diffusion baseline keeps EDM's summed loss under both readings.
+    assert resolve_experiment("ldm_ve", LEN, reading="as_coded").loss.reduction == "sum"
+    with pytest.raises(ConfigError, match="reading"):
+        resolve_experiment("slct", LEN, reading="literal")

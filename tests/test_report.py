@@ -107,3 +107,12 @@ def test_table_errors_name_the_key(tmp_path):
         report.make_table(PAPER_CFG, "table9z", PUBLISHED, tmp_path, tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="config.resolved.yaml"):
         report.load_workflow_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("reading, says", [("as_coded", "produced the published numbers"),
+                                           ("paper_text", "not expected to match")])
+def test_caption_names_the_reading(tmp_path, reading, says):
+    t = report.build_table({**PAPER_CFG, "reading": reading}, "table2a", PUBLISHED, tmp_path / "eval")
+    assert f"reading {reading}" in t["caption"] and says in t["caption"]
+    md = report.write_table(t, tmp_path / "t2a")[1].read_text()
+    assert f"reading {reading}" in md

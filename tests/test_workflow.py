@@ -77,14 +77,52 @@ def test_snakefmt_check():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_paper_config_has_one_experiment_per_distinct_run():
-    exps = paper_experiments()
-    # Table 1: 9; Table 2: 4 + 2 + 4 + 3; the pixel iCT run (Figure 1); the as-coded c run (Figure 3).
+def reading_config(overlay: str | None) -> dict:
+    """config/config.yaml, with an overlay applied as Snakemake does (recursive update)."""
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    if overlay:
+        update_config(cfg, yaml.safe_load((ROOT / overlay).read_text()))
+    return cfg
+
+
+@pytest.mark.parametrize("overlay, reading", [(None, "as_coded"), ("config/paper_text.yaml", "paper_text")])
+def test_paper_config_has_one_experiment_per_distinct_run(overlay, reading):
+    from lct.config import resolve_workflow_experiment
+
+    cfg = reading_config(overlay)
+    assert cfg["reading"] == reading
+    exps = cfg["experiments"]
+    # Table 1: 9; Table 2: 4 + 2 + 4 + 3; the pixel iCT run (Figure 1); the other reading's c (Figure 3).
     assert len(exps) == 9 + 13 + 1 + 1 == 24
-    resolved = {name: (e["dataset"], e["preset"], yaml.safe_dump(e.get("overrides"), sort_keys=True))
-                for name, e in exps.items()}
+    resolved = {}
+    for name in exps:
+        d = resolve_workflow_experiment(cfg, name).to_dict()
+        d.pop("name")
+        resolved[name] = yaml.safe_dump(d, sort_keys=True)
     assert len(set(resolved.values())) == len(resolved), "two experiments describe the same training run"
     assert sum(1 for e in exps.values() if "snapshot_every" in (e.get("overrides") or {}).get("train", {})) == 3
+    slct = resolve_workflow_experiment(cfg, "celebahq_slct")
+    ilct = resolve_workflow_experiment(cfg, "celebahq_ilct")
+    if reading == "as_coded":  # METHOD.md section 4: what produced the published numbers
+        assert (slct.loss.reduction, slct.loss.c, slct.loss.diffusion_variant, slct.loss.diffusion_weight,
+                slct.network.norm) == ("mean", "as_coded", "as_coded", 5.0, "nsln")
+        assert (ilct.loss.distance, ilct.loss.reduction, ilct.loss.c, ilct.network.norm) == (
+            "pseudo_huber", "mean", "fixed", "group")
+    else:
+        assert (slct.loss.reduction, slct.loss.c, slct.loss.diffusion_variant) == ("sum", "adaptive", "paper")
+    # Figure 3 compares three distinct c schedules under either reading.
+    f3 = {resolve_workflow_experiment(cfg, e).loss.c for e in cfg["figures"]["fig3"]["experiments"].values()}
+    assert f3 == {"fixed", "adaptive", "as_coded"}
+
+
+def test_paper_text_dry_run_schedules_the_same_runs_under_its_own_name(tmp_path):
+    args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + [str(ROOT / "config/paper_text.yaml")]
+    r = snakemake(args + ["--dry-run", "all"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert job_counts(r.stdout).get("train") == 24
+    assert "results/paper_text/runs/celebahq_slct/final.pt" in r.stdout and "results/paper/" not in r.stdout
 
 
 @pytest.mark.parametrize("profile", ["profiles/local", "profiles/slurm"])

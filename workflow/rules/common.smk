@@ -40,6 +40,7 @@ def _resolve_all():
                 name=name,
                 dataset=exp["dataset"],
                 defaults=config["defaults"],
+                reading=config["reading"],
             )
         except ConfigError as e:
             _fail(f"experiments.{name}: {e}")
