@@ -11,6 +11,12 @@ diffusers and clean-fid import torchvision, so `lct` cannot import them either.
 when the extension did not register them) and then imports torchvision. The detection
 operators stay unimplemented: `lct` never calls them. With a matching torchvision build
 (a CUDA cluster, a conda environment) nothing is defined and this is a plain import.
+
+`import_elatentlpips()` is the second (and last) workaround: elatentlpips 0.2 imports
+`pkg_resources.parse_version`, and setuptools >= 81 no longer ships `pkg_resources`. When that
+import fails, a module holding only `parse_version` (packaging's `Version` parser, which is what
+setuptools' was) stands in while elatentlpips is imported and is removed right after, so no other
+package ever sees it.
 """
 
 from __future__ import annotations
@@ -40,6 +46,29 @@ def ensure_torchvision():
     import torchvision
 
     return torchvision
+
+
+def import_elatentlpips():
+    """Import the `elatentlpips` package (E-LatentLPIPS, Kang et al. 2024), see the module docstring."""
+    import importlib
+    import sys
+    import types
+
+    ensure_torchvision()  # elatentlpips imports torchvision
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        from packaging.version import parse
+
+        shim = types.ModuleType("pkg_resources")
+        shim.parse_version = parse
+        sys.modules["pkg_resources"] = shim
+        try:
+            return importlib.import_module("elatentlpips")
+        finally:
+            if sys.modules.get("pkg_resources") is shim:
+                del sys.modules["pkg_resources"]
+    return importlib.import_module("elatentlpips")
 
 
 def _op_exists(torch, name: str) -> bool:

@@ -27,7 +27,7 @@ import torch
 SUITES: dict[str, dict[str, Any]] = {
     "inception": {
         "fd": {"legacy_pytorch": "inception_legacy", "clean": "inception_clean"},
-        "recall": "vgg16",
+        "recall": "vgg16_nvidia",  # StyleGAN2-ADA pr50k3_full (lct.metrics.PR50K3); "vgg16" = torchvision fallback
         "metric_name": "FID",
     },
     "digit_classifier": {
@@ -119,16 +119,15 @@ def _atomic_json(path: Path, obj: dict[str, Any]) -> None:
 
 def compute_ref_stats(images: np.ndarray, feature: str, resources: str | Path | None, device: torch.device,
                       image_format: str = "jpeg", quality: int = DEFAULT_JPEG_QUALITY, batch_size: int = 250,
-                      recall_num: int = 50000, seed: int = 0, modes: list[str] | None = None,
+                      recall_num: int = 200_000, modes: list[str] | None = None,
                       recall_feature: str | None = None) -> dict[str, Any]:
-    """mu / sigma per Frechet mode over all `images`, and Recall features of a seeded subset."""
+    """mu / sigma per Frechet mode over all `images`, and the Recall features of the first
+    `recall_num` images in dataset order (pr50k3_full: all real images up to 200,000), float16."""
     from lct.metrics import feature_stats
 
     extractors, fd, rec = build_suite(feature, modes, resources, device, recall_feature)
     n = len(images)
-    subset = np.sort(np.random.default_rng(seed).permutation(n)[: min(recall_num, n)])
-    in_subset = np.zeros(n, bool)
-    in_subset[subset] = True
+    in_subset = np.arange(n) < recall_num
     feats: dict[str, list[np.ndarray]] = {name: [] for name in set(fd.values())}
     rec_feats: list[np.ndarray] = []
     for i in range(0, n, batch_size):
@@ -140,7 +139,7 @@ def compute_ref_stats(images: np.ndarray, feature: str, resources: str | Path | 
             rec_feats.append(feats[rec][-1][mask] if rec in feats else extractors[rec](batch[mask]))
     out: dict[str, Any] = {
         "feature": feature, "image_format": image_format, "jpeg_quality": quality, "num_images": n,
-        "fd_modes": np.array(list(fd)), "recall_feature": rec, "recall_feats": np.concatenate(rec_feats).astype(np.float32),
+        "fd_modes": np.array(list(fd)), "recall_feature": rec, "recall_feats": np.concatenate(rec_feats).astype(np.float16),
     }
     for mode, name in fd.items():
         mu, sigma = feature_stats(np.concatenate(feats[name]))
@@ -157,7 +156,8 @@ def ref_stats_main(argv: list[str] | None = None) -> int:
     p.add_argument("--fid-modes", nargs="+", default=None)
     p.add_argument("--image-format", choices=IMAGE_FORMATS, default="jpeg")
     p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
-    p.add_argument("--recall-num", type=int, default=50000, help="real images whose features Recall uses")
+    p.add_argument("--recall-num", type=int, default=200_000,
+                   help="Recall uses the first N real images (pr50k3_full: 200,000)")
     p.add_argument("--recall-feature", default=None, help="override the suite's Recall extractor (e.g. inception_clean)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="auto")
@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=5000)
     p.add_argument("--seed-offset", type=int, default=0, help="image k uses seed offset + k")
     p.add_argument("--recall-k", type=int, default=3)
+    p.add_argument("--recall-feature", default=None, help="must match the reference's (set by `lct ref-stats`)")
     p.add_argument("--keep-shards", action="store_true", help="keep the cached shard features after success")
     p.add_argument("--vae", default=None, help="VAE dir overriding the one named in <data>/latents.json")
     p.add_argument("--device", default="auto")
@@ -284,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if ref.get("image_format") != a.image_format:
         raise SystemExit(f"lct evaluate: {a.ref} was computed on {ref.get('image_format')} images but --image-format is "
                          f"{a.image_format}; use the same format for both (rerun `lct ref-stats --image-format ...`)")
+    if a.recall_feature and a.recall_feature != str(ref["recall_feature"]):
+        raise SystemExit(f"lct evaluate: {a.ref} holds {ref['recall_feature']!r} Recall features, not --recall-feature "
+                         f"{a.recall_feature}; rerun `lct ref-stats --recall-feature {a.recall_feature}`")
     from lct.sample import iter_samples
     from lct.train import load_checkpoint_model
     from lct.vae import load_codec

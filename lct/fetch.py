@@ -11,7 +11,8 @@ Layout under the resources folder (``resources/MANIFEST.json`` lists sha256 and 
 - ``cleanfid/inception-2015-12-05.pt``: clean-fid's Inception (TorchScript, NVlabs CDN).
 - ``torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``: pytorch-fid's legacy Inception,
   used by clean-fid's ``legacy_pytorch`` mode; ``torch/hub/checkpoints/vgg16-397923af.pth``:
-  torchvision VGG16 (Recall features). With ``TORCH_HOME=<resources>/torch`` torch hub finds both
+  torchvision VGG16 (the Recall fallback only).
+- ``stylegan2/vgg16.pt``: NVIDIA's metric VGG16 (TorchScript), the Recall network of pr50k3_full. With ``TORCH_HOME=<resources>/torch`` torch hub finds both
   offline. Their names carry a sha256 prefix, which is checked.
 - ``elatentlpips/ckpt/``: E-LatentLPIPS (sd15) weights; the `elatentlpips` package reads them from
   ``./ckpt`` relative to the working directory, so construct it with cwd ``<resources>/elatentlpips``.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,13 @@ ASSETS: dict[str, dict[str, Any]] = {
         "url": "https://download.pytorch.org/models/vgg16-397923af.pth",  # torchvision VGG16_Weights.IMAGENET1K_V1
         "sha256": "397923af",
     },
+    "vgg16_nvidia": {
+        "path": "stylegan2/vgg16.pt",
+        # StyleGAN2-ADA's metric VGG16 (pr50k3_full), the same host as inception-2015-12-05.pt. NVIDIA
+        # publishes no checksum: pinned by MANIFEST.json at first download, verified afterwards.
+        "url": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt",
+        "sha256": None,
+    },
     "elatentlpips_vgg": {
         "path": "elatentlpips/ckpt/sd15_latent_vgg16.pth.tar",
         "url": "https://huggingface.co/Mingguksky/elatentlpips/resolve/main/elatentlpips_ckpt/sd15_latent_vgg16.pth.tar",
@@ -62,6 +71,7 @@ ASSETS: dict[str, dict[str, Any]] = {
 }
 VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 MANIFEST = "MANIFEST.json"
+ALLOW_RANDOM = "LCT_ALLOW_RANDOM_WEIGHTS"  # set only by configs with random_weights_for_tests: true
 
 
 class MissingResource(FileNotFoundError):
@@ -84,14 +94,16 @@ def _save_manifest(resources: Path, manifest: dict[str, Any]) -> None:
     tmp.replace(resources / MANIFEST)
 
 
-def record(resources: str | Path, name: str, rel_paths: list[str], source: str) -> None:
-    """Add files (relative to `resources`) with their sha256 and size to MANIFEST.json under asset `name`."""
+def record(resources: str | Path, name: str, rel_paths: list[str], source: str, random: bool = False) -> None:
+    """Add files (relative to `resources`) with their sha256 and size to MANIFEST.json under asset `name`
+    (`random`: written by the test-only random-weights mode)."""
     resources = Path(resources)
     m = _load_manifest(resources)
     for rel in rel_paths:
         p = resources / rel
         m["files"][rel] = {"sha256": file_digest(p, "sha256"), "size": p.stat().st_size, "source": source,
-                           "asset": name, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                           "asset": name, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           **({"random": True} if random else {})}
     m["assets"][name] = rel_paths[0] if len(rel_paths) == 1 else str(Path(rel_paths[0]).parent)
     _save_manifest(resources, m)
 
@@ -109,6 +121,10 @@ def require(resources_dir: str | Path, name: str, verify: bool = False) -> Path:
     if not p.exists() or (p.is_dir() and not any(p.iterdir())):
         raise MissingResource(f"pretrained file {p} ({name}) is missing; {_hint(resources)}")
     listed = {k: v for k, v in m["files"].items() if k == rel or k.startswith(rel.rstrip("/") + "/")}
+    if any(v.get("random") for v in listed.values()) and os.environ.get(ALLOW_RANDOM) != "1":
+        raise MissingResource(f"{p} ({name}) holds RANDOM weights written by `lct fetch-weights "
+                              f"--random-weights-for-tests`; only the smoke test may use them ({ALLOW_RANDOM}=1). "
+                              f"Remove {resources} and {_hint(resources)}")
     for k, v in listed.items():
         f = resources / k
         if not f.is_file() or f.stat().st_size != v["size"] or (verify and file_digest(f, "sha256") != v["sha256"]):
@@ -153,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="resources folder")
     ap.add_argument("--vae", default=None, help="hub repo of the VAE, e.g. stabilityai/sd-vae-ft-ema")
     ap.add_argument("--inception", action="store_true", help="clean-fid and pytorch-fid (legacy) Inception")
-    ap.add_argument("--vgg16", action="store_true", help="torchvision VGG16 (Recall features)")
+    ap.add_argument("--vgg16", action="store_true", help="NVIDIA's metric VGG16 (Recall, pr50k3_full)")
+    ap.add_argument("--vgg16-torchvision", action="store_true", help="torchvision VGG16 (Recall fallback)")
+    ap.add_argument("--random-weights-for-tests", action="store_true",
+                    help="TESTS ONLY: write every requested file with random weights (no download); recorded as "
+                         "random in MANIFEST.json and refused unless LCT_ALLOW_RANDOM_WEIGHTS=1")
     ap.add_argument("--elatentlpips", action="store_true", help="E-LatentLPIPS sd15 weights")
     ap.add_argument("--verify", action="store_true", help="only check every file against MANIFEST.json")
     a = ap.parse_args(argv)
@@ -163,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         problems = verify_manifest(resources)
         print("\n".join(problems) or f"{resources / MANIFEST}: all files verified")
         return 1 if problems else 0
-    names = (["inception_clean", "inception_legacy"] if a.inception else []) + (["vgg16"] if a.vgg16 else []) \
-        + (["elatentlpips_vgg", "elatentlpips_head"] if a.elatentlpips else [])
+    if a.random_weights_for_tests:
+        from lct.random_weights import write_all
+
+        files = write_all(resources, a.vae, a.inception, a.vgg16, a.elatentlpips)
+        print(f"fetch-weights: {len(files)} files with RANDOM weights (tests only) under {resources}")
+        return 0
+    names = (["inception_clean", "inception_legacy"] if a.inception else []) + (["vgg16_nvidia"] if a.vgg16 else []) \
+        + (["vgg16"] if a.vgg16_torchvision else []) + (["elatentlpips_vgg", "elatentlpips_head"] if a.elatentlpips else [])
     try:
         if a.vae:
             print(f"fetch-weights: {fetch_vae(resources, a.vae)}")

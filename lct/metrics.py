@@ -39,53 +39,64 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
-# --- Precision and Recall (Kynkaanniemi et al. 2019) -------------------------------------------
+# --- Precision and Recall (Kynkaanniemi et al. 2019), as StyleGAN2-ADA's pr50k3_full ------------
+# pr50k3_full: NVIDIA's VGG16 features stored in float16, all real images up to 200,000 against
+# 50,000 generated, k = 3; pairwise Euclidean distances in row x column batches of 10,000, so
+# 200K x 50K never sits in memory at once. A point's radius is the distance to its k-th nearest
+# neighbour in its own set (itself excluded); Precision is the share of generated points inside
+# some real radius, Recall the share of real points inside some generated radius.
+PR50K3 = {"max_real": 200_000, "num_gen": 50_000, "k": 3, "row_batch": 10_000, "col_batch": 10_000}
 
-def _pairwise_sq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances [len(a), len(b)], clamped at 0 (float32 cancellation)."""
-    d = (a * a).sum(1, keepdim=True) - 2.0 * a @ b.T + (b * b).sum(1)[None]
-    return d.clamp_min_(0.0)
+
+def _distances(rows: torch.Tensor, cols: torch.Tensor, col_batch: int) -> torch.Tensor:
+    """Euclidean distances [len(rows), len(cols)], column batch by column batch (torch.cdist)."""
+    # float16 features as pr50k3_full keeps them; CPU cdist has no float16 kernel, so it computes
+    # on the same float16 values in float32 there.
+    dt = torch.float16 if rows.device.type == "cuda" else torch.float32
+    rows = rows.to(dt)
+    return torch.cat([torch.cdist(rows[None], c.to(dt)[None])[0] for c in cols.split(col_batch)], dim=1)
 
 
-def knn_radii(feats: torch.Tensor, k: int = 3, chunk: int = 4096) -> torch.Tensor:
-    """Squared distance of each point to its k-th nearest neighbour in the same set (self excluded)."""
+def knn_radii(feats: torch.Tensor, k: int = 3, row_batch: int = 10_000, col_batch: int = 10_000) -> torch.Tensor:
+    """Distance of each point to its k-th nearest neighbour in the same set (self excluded) [N]."""
     out = []
-    for i in range(0, len(feats), chunk):
-        d = _pairwise_sq(feats[i : i + chunk], feats)
-        # The (k+1)-th smallest includes the point itself at distance 0.
-        out.append(d.kthvalue(k + 1, dim=1).values)
+    for rows in feats.split(row_batch):
+        d = _distances(rows, feats, col_batch).float()
+        out.append(d.kthvalue(k + 1, dim=1).values)  # the (k+1)-th smallest includes the point itself at 0
     return torch.cat(out)
 
 
-def manifold_coverage(query: torch.Tensor, ref: torch.Tensor, ref_radii: torch.Tensor, chunk: int = 4096) -> float:
-    """Fraction of `query` points inside at least one k-NN hypersphere of `ref`."""
+def manifold_coverage(probes: torch.Tensor, manifold: torch.Tensor, radii: torch.Tensor,
+                      row_batch: int = 10_000, col_batch: int = 10_000) -> float:
+    """Share of `probes` inside at least one k-NN ball of `manifold`."""
     inside = 0
-    for i in range(0, len(query), chunk):
-        d = _pairwise_sq(query[i : i + chunk], ref)
-        inside += int((d <= ref_radii[None]).any(dim=1).sum())
-    return inside / max(len(query), 1)
+    for rows in probes.split(row_batch):
+        d = _distances(rows, manifold, col_batch).float()
+        inside += int((d <= radii[None]).any(dim=1).sum())
+    return inside / max(len(probes), 1)
 
 
 def precision_recall(
     real_feats: np.ndarray | torch.Tensor,
     fake_feats: np.ndarray | torch.Tensor,
     k: int = 3,
-    chunk: int = 4096,
+    row_batch: int = 10_000,
+    col_batch: int = 10_000,
     device: str | torch.device = "cpu",
 ) -> tuple[float, float]:
-    """Improved Precision and Recall (Kynkaanniemi et al. 2019) with k-NN manifolds.
+    """Improved Precision and Recall with k-NN manifolds, computed as pr50k3_full does (see PR50K3).
 
-    Precision: share of fakes inside the real manifold; Recall: share of reals inside the fake
-    manifold. Distances are computed `chunk` rows at a time, so 50K x 50K fits in memory.
+    Features are rounded to float16 first, as StyleGAN2-ADA stores them; the sets may differ in size
+    (all reals up to 200K against 50K generated).
     """
-    real = torch.as_tensor(np.asarray(real_feats), dtype=torch.float32, device=device)
-    fake = torch.as_tensor(np.asarray(fake_feats), dtype=torch.float32, device=device)
+    real = torch.as_tensor(np.asarray(real_feats), device=device).to(torch.float16)
+    fake = torch.as_tensor(np.asarray(fake_feats), device=device).to(torch.float16)
     if len(real) <= k or len(fake) <= k:
         raise ValueError(f"precision_recall needs more than k={k} points per set, got {len(real)} real, {len(fake)} fake")
-    real_r = knn_radii(real, k, chunk)
-    fake_r = knn_radii(fake, k, chunk)
-    precision = manifold_coverage(fake, real, real_r, chunk)
-    recall = manifold_coverage(real, fake, fake_r, chunk)
+    real_r = knn_radii(real, k, row_batch, col_batch)
+    fake_r = knn_radii(fake, k, row_batch, col_batch)
+    precision = manifold_coverage(fake, real, real_r, row_batch, col_batch)
+    recall = manifold_coverage(real, fake, fake_r, row_batch, col_batch)
     return precision, recall
 
 
@@ -117,7 +128,8 @@ class FeatureExtractor:
 WEIGHT_FILES = {
     "inception_clean": "inception-2015-12-05.pt",  # NVIDIA's TorchScript Inception (clean-fid `clean`)
     "inception_legacy": "pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid's weights (`legacy_pytorch`)
-    "vgg16": "vgg16-397923af.pth",  # torchvision ImageNet VGG16
+    "vgg16": "vgg16-397923af.pth",  # torchvision ImageNet VGG16 (fallback)
+    "vgg16_nvidia": "vgg16.pt",  # NVIDIA's metric VGG16 (StyleGAN2-ADA pr50k3_full)
 }
 
 
@@ -174,10 +186,10 @@ def inception_legacy(resources: str | Path | None, device: torch.device) -> Feat
 
 
 def vgg16(resources: str | Path | None, device: torch.device) -> FeatureExtractor:
-    """VGG16 fc2 features (4096-d, after ReLU) for Recall, as in Kynkaanniemi et al. (2019).
+    """Fallback only (`evaluation.recall_feature: vgg16`): torchvision's ImageNet VGG16 fc2 features.
 
-    Deviation: torchvision's ImageNet VGG16 weights rather than NVIDIA's TorchScript port used
-    by the StyleGAN metric suite; inputs resized to 224 (torch bilinear) and ImageNet-normalized.
+    Not the pr50k3_full network (that is `vgg16_nvidia`): a Recall computed with it is not
+    comparable with the published Recall, and the tables say so.
     """
     tv = ensure_torchvision()
     path = _require(resources, "vgg16")
@@ -193,6 +205,19 @@ def vgg16(resources: str | Path | None, device: torch.device) -> FeatureExtracto
         return fc2(torch.flatten(net.avgpool(net.features(x)), 1))
 
     return FeatureExtractor("vgg16", model_fn, _cresize.make_resizer("PyTorch", False, "bilinear", (224, 224)), device)
+
+
+def vgg16_nvidia(resources: str | Path | None, device: torch.device) -> FeatureExtractor:
+    """NVIDIA's metric VGG16 (`vgg16.pt`, TorchScript) as StyleGAN2-ADA's pr50k3_full runs it: uint8
+    NCHW images at their own resolution in (the network resizes and normalises inside),
+    `return_features=True` -> 4096-d fc2 features."""
+    path = _require(resources, "vgg16_nvidia")
+    net = torch.jit.load(str(path), map_location="cpu").eval().to(device)  # a TorchScript archive
+
+    def model_fn(x: torch.Tensor) -> torch.Tensor:  # float [0, 255] from FeatureExtractor -> uint8 as StyleGAN feeds it
+        return net(x.round().clamp(0, 255).to(torch.uint8), return_features=True)
+
+    return FeatureExtractor("vgg16_nvidia", model_fn, lambda im: im, device)
 
 
 def digit_classifier(resources: str | Path | None, device: torch.device, path: str | Path | None = None) -> FeatureExtractor:
@@ -218,6 +243,7 @@ FEATURES: dict[str, Callable[..., FeatureExtractor]] = {
     "inception_clean": inception_clean,
     "inception_legacy": inception_legacy,
     "vgg16": vgg16,
+    "vgg16_nvidia": vgg16_nvidia,
     "digit_classifier": digit_classifier,
 }
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lct import schedules as S
-from lct.losses import robust_distance, squared_norm
+from lct.losses import make_distance, squared_norm
 from lct.ot import ot_pair
 
 if TYPE_CHECKING:
@@ -47,9 +47,10 @@ def shared_rng(seed: int, device: torch.device) -> Iterator[None]:
 class ConsistencyObjective:
     """Consistency training, iCT / sLCT (eq. 4, plus eq. 9 when loss.diffusion_loss)."""
 
-    def __init__(self, cfg: "ExperimentConfig", total_steps: int):
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int, resources: str | None = None):
         self.cfg = cfg
         self.total_steps = int(total_steps)
+        self.distance = make_distance(cfg.loss.distance, resources)  # resources: E-LatentLPIPS weights
 
     def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -89,7 +90,7 @@ class ConsistencyObjective:
         # lambda(t_i) d(f_student, f_teacher) with c from its schedule (eqs. 4, 6-8, 11).
         c = S.scale_c(self.cfg, step, self.total_steps, d)
         lam = S.loss_weighting(t_lo, t_hi, sched.weighting).to(device, dtype)
-        loss_ct = lam * robust_distance(lcfg.distance, f_student, f_teacher, c, lcfg.reduction)
+        loss_ct = lam * self.distance(f_student, f_teacher, c, lcfg.reduction)
         loss = loss_ct
 
         # Diffusion loss at small timesteps (eq. 9): pairs with 1-based index i <= int(N r).
@@ -128,7 +129,8 @@ class ConsistencyObjective:
 class DenoisingObjective:
     """EDM denoising loss (Karras et al. 2022) for the VE latent diffusion baseline (Table 1)."""
 
-    def __init__(self, cfg: "ExperimentConfig", total_steps: int | None = None, p_mean: float = -1.2, p_std: float = 1.2):
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int | None = None, resources: str | None = None,
+                 p_mean: float = -1.2, p_std: float = 1.2):
         self.cfg = cfg
         self.p_mean, self.p_std = p_mean, p_std  # EDM's lognormal sigma, not schedule.p_mean (that is iCT's)
 
@@ -151,8 +153,9 @@ class DenoisingObjective:
 OBJECTIVES = {"consistency": ConsistencyObjective, "denoising": DenoisingObjective}
 
 
-def build_objective(cfg: "ExperimentConfig", total_steps: int) -> ConsistencyObjective | DenoisingObjective:
-    """The objective named by cfg.objective."""
+def build_objective(cfg: "ExperimentConfig", total_steps: int,
+                    resources: str | None = None) -> ConsistencyObjective | DenoisingObjective:
+    """The objective named by cfg.objective; `resources` is the folder of `lct fetch-weights`."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective = {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[cfg.objective](cfg, total_steps)
+    return OBJECTIVES[cfg.objective](cfg, total_steps, resources)

@@ -74,8 +74,10 @@ def metric_info(cfg: dict[str, Any]) -> dict[str, Any]:
     modes = list(ev.get("fid_modes") or SUITES[feature]["fd"])
     primary = "legacy_pytorch" if "legacy_pytorch" in modes else modes[0]
     name = SUITES[feature]["metric_name"]
+    recall_feature = ev.get("recall_feature") or SUITES[feature]["recall"]
     return {"feature": feature, "name": name, "primary": primary, "extra": [m for m in modes if m != primary],
-            "comparable": name == "FID"}
+            "comparable": name == "FID", "recall_feature": recall_feature,
+            "recall_comparable": name == "FID" and recall_feature == "vgg16_nvidia"}
 
 
 def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | Path | list[dict[str, str]],
@@ -126,6 +128,12 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
     elif "clean" in m["extra"]:
         footnotes.append("FID legacy_pytorch: clean-fid's pytorch-fid mode, the authors' protocol; "
                          "FID clean: clean-fid's default mode, for reference. Δ = ours − paper.")
+    if m["comparable"] and not m["recall_comparable"]:
+        footnotes.append(f"Recall (ours) uses {m['recall_feature']} features, not NVIDIA's VGG16 of StyleGAN2-ADA's "
+                         "pr50k3_full that the paper used: it is NOT comparable with the published Recall.")
+    elif m["comparable"]:
+        footnotes.append("Recall: StyleGAN2-ADA pr50k3_full (NVIDIA's VGG16, k = 3, all real images up to 200K "
+                         "against the generated set), the authors' protocol.")
     footnotes += [f"{k}: {v}" for k, v in notes.items()]
     ds = tcfg.get("dataset", pub[0]["dataset"])
     where = ds if ds == pub[0]["dataset"] else f"{ds}; paper: {pub[0]['dataset']}"

@@ -203,11 +203,11 @@ def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
     return opt(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
 
-def make_objective(cfg: ExperimentConfig, total_steps: int):
+def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | None = None):
     """The loss object (lct.objectives); a seam where tests wrap the objective."""
     from lct.objectives import build_objective
 
-    return build_objective(cfg, total_steps)
+    return build_objective(cfg, total_steps, resources)
 
 
 def build_model(cfg: ExperimentConfig, img_resolution: int, in_channels: int) -> torch.nn.Module:
@@ -242,7 +242,7 @@ def _fork_rng(device: torch.device):
 
 
 def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
-          device: str | None = None, quiet: bool = False) -> torch.nn.Module:
+          device: str | None = None, quiet: bool = False, resources: str | None = None) -> torch.nn.Module:
     """Train (or resume) one experiment; returns the online model (unwrapped). Raises Preempted,
     BadStepsError, ConfigError."""
     from lct.data import load_training_data
@@ -272,7 +272,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             model = build_model(cfg, shape[2], shape[1]).to(dev)
         ema = EMA(model, t.ema_decays)
         opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-        objective = make_objective(cfg, total)
+        objective = make_objective(cfg, total, resources)
         order = DataOrder(n, t.seed, t.batch_size, rank, world)
         data_meta = {"path": str(data_path), "shape": shape, "info": ckio.plain(info)}
         log = JsonlLog(run_dir / "log.jsonl")
@@ -449,6 +449,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resources", default=None,
+                   help="folder of `lct fetch-weights` (read only by loss.distance elatentlpips)")
     return p.parse_args(argv)
 
 
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lct train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        train(cfg, args.data, args.run_dir, device=args.device, quiet=args.quiet)
+        train(cfg, args.data, args.run_dir, device=args.device, quiet=args.quiet, resources=args.resources)
     except Preempted as e:
         print(f"lct train: preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED

@@ -76,8 +76,38 @@ def test_unknown_names_and_elatentlpips_error():
     with pytest.raises(ValueError, match="loss.reduction"):
         robust_distance("l2", x, y, 0.1, "max")
     assert set(DISTANCES) == {"l2", "pseudo_huber", "cauchy", "geman_mcclure", "elatentlpips"}
-    try:
-        import elatentlpips  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install elatentlpips"):
-            robust_distance("elatentlpips", x.float(), y.float(), 0.0)
+    with pytest.raises(FileNotFoundError, match="fetch_weights"):  # no resources folder: says where weights come from
+        robust_distance("elatentlpips", x.float(), y.float(), 0.0)
+
+
+@pytest.mark.slow
+def test_elatentlpips_training_step_reaches_the_unet(tmp_path, monkeypatch):
+    """Table 2c's cell: one step of consistency training with the package's real E-LatentLPIPS network
+    (random weights in the package's own file formats), the authors' settings, any working directory."""
+    from lct.config import resolve_experiment
+    from lct.losses import load_elatentlpips
+    from lct.objectives import build_objective
+    from lct.precond import build_model
+    from lct.random_weights import write_all
+
+    res = tmp_path / "resources"
+    write_all(res, None, inception=False, vgg16=False, elatentlpips=True)
+    monkeypatch.setenv("LCT_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.chdir(tmp_path)  # not the weights folder: found through --resources, not ./ckpt
+    cfg = resolve_experiment("slct", {"loss": {"distance": "elatentlpips"}, "network": {"size": "tiny"},
+                                      "train": {"total_steps": 10}}, reading="as_coded")
+    torch.manual_seed(0)
+    net = build_model(cfg, 8, 4)
+    with torch.no_grad():
+        net.unet.out_conv.weight.normal_(0, 0.1)  # a zero-initialised output would block the gradient
+    lpips = load_elatentlpips(res / "elatentlpips", "cpu")
+    assert lpips.augment is None  # the authors: augment=None (no ensembling)
+    assert not (tmp_path / "ckpt").exists()  # nothing written into the working directory
+    obj = build_objective(cfg, 10, resources=str(res))
+    x0 = torch.randn(4, 4, 8, 8)
+    loss, logs = obj(net, x0, torch.randn_like(x0), step=3)
+    assert loss.shape == (4,) and torch.isfinite(loss).all()
+    loss.mean().backward()
+    grads = [p.grad for p in net.unet.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(p.grad is None for p in lpips.parameters())  # the metric network stays frozen

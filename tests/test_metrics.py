@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -46,9 +48,9 @@ def test_frechet_distance_rotation_invariant():
 def test_precision_recall_identical_and_far_apart():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(300, 10))
-    p, r = metrics.precision_recall(real, real.copy(), k=3, chunk=64)
+    p, r = metrics.precision_recall(real, real.copy(), k=3, row_batch=64, col_batch=50)
     assert (p, r) == (1.0, 1.0)
-    p, r = metrics.precision_recall(real, real + 100.0, k=3, chunk=64)
+    p, r = metrics.precision_recall(real, real + 100.0, k=3, row_batch=64, col_batch=50)
     assert (p, r) == (0.0, 0.0)
 
 
@@ -57,15 +59,60 @@ def test_precision_recall_mode_collapse_and_chunking():
     real = rng.normal(size=(400, 5))
     # Fakes covering only a tight cluster of the real manifold: high precision, low recall.
     fake = rng.normal(size=(400, 5)) * 0.1
-    p, r = metrics.precision_recall(real, fake, k=3, chunk=37)
+    p, r = metrics.precision_recall(real, fake, k=3, row_batch=37, col_batch=23)
     assert p > 0.9 and r < 0.2
-    assert (p, r) == metrics.precision_recall(real, fake, k=3, chunk=4096)  # chunking does not change the result
+    # row / column batching does not change the result
+    assert (p, r) == metrics.precision_recall(real, fake, k=3, row_batch=10_000, col_batch=10_000)
 
 
 def test_knn_radii_check_value():
     pts = torch.tensor([[0.0], [1.0], [3.0], [6.0], [10.0]])
-    # squared distance to the 2nd nearest neighbour (self excluded)
-    assert metrics.knn_radii(pts, k=2, chunk=2).tolist() == [9.0, 4.0, 9.0, 16.0, 49.0]
+    # distance to the 2nd nearest neighbour (self excluded)
+    assert metrics.knn_radii(pts, k=2, row_batch=2, col_batch=3).tolist() == [3.0, 2.0, 3.0, 4.0, 7.0]
+
+
+def _pr_brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    """pr50k3_full written out with full distance matrices on float16-rounded features."""
+    real, fake = real.astype(np.float16).astype(np.float64), fake.astype(np.float16).astype(np.float64)
+
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    def cover(probes, manifold):
+        radii = np.sort(dist(manifold, manifold), axis=1)[:, k]  # k-th neighbour, self at column 0
+        return float((dist(probes, manifold) <= radii[None]).any(1).mean())
+
+    return cover(fake, real), cover(real, fake)
+
+
+def test_precision_recall_is_pr50k3_with_unequal_set_sizes():
+    """All reals against the generated set (sizes differ, as 200K vs 50K), float16 features."""
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(500, 16)).astype(np.float32)
+    fake = (rng.normal(size=(120, 16)) * 0.8 + 0.3).astype(np.float32)
+    got = metrics.precision_recall(real, fake, k=3, row_batch=97, col_batch=61)
+    want = _pr_brute_force(real, fake, 3)
+    assert got == pytest.approx(want, abs=1.0 / 500)  # at most one point on a float32 boundary
+    assert metrics.PR50K3 == {"max_real": 200_000, "num_gen": 50_000, "k": 3, "row_batch": 10_000, "col_batch": 10_000}
+
+
+def test_vgg16_nvidia_interface_from_a_torchscript_file(tmp_path):
+    """NVIDIA's vgg16.pt is TorchScript called as detector(uint8 NCHW, return_features=True); a file of
+    that interface (random weights, written by the test-only fetch mode) loads and gives 4096-d features."""
+    from lct.random_weights import write_all
+
+    write_all(tmp_path, None, inception=False, vgg16=True, elatentlpips=False)
+    with pytest.raises(FileNotFoundError, match="RANDOM"):  # refused outside the smoke test
+        metrics.build_feature("vgg16_nvidia", tmp_path, torch.device("cpu"))
+    os.environ["LCT_ALLOW_RANDOM_WEIGHTS"] = "1"
+    try:
+        ex = metrics.build_feature("vgg16_nvidia", tmp_path, torch.device("cpu"))
+    finally:
+        del os.environ["LCT_ALLOW_RANDOM_WEIGHTS"]
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    feats = ex(imgs)
+    assert feats.shape == (3, 4096) and np.isfinite(feats).all()
+    assert np.allclose(ex(imgs[:1]), feats[:1], atol=1e-4)  # batch-independent
 
 
 def _save_images(folder, images):
@@ -155,3 +202,47 @@ def test_inception_legacy_loads_local_weights_offline(tmp_path, monkeypatch):
     assert feats.shape == (2, 2048) and np.isfinite(feats).all()
     with pytest.raises(FileNotFoundError, match="fetch_weights"):
         metrics.build_feature("vgg16", tmp_path, torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match="fetch_weights"):
+        metrics.build_feature("vgg16_nvidia", tmp_path, torch.device("cpu"))
+
+
+def _jpeg_folder(folder, images):
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:05d}.jpg", quality=75)
+
+
+def test_fid_equals_cleanfid_legacy_pytorch_on_jpeg_folders(tmp_path, monkeypatch):
+    """lct's in-memory FID = clean-fid's own compute_fid(mode="legacy_pytorch") on the same two JPEG
+    folders with the same Inception weights (random ones, written where both look for them); the
+    reference statistics of a dataset likewise equal clean-fid's folder statistics."""
+    from cleanfid import fid as cfid
+
+    from lct import evaluate as ev
+    from lct.random_weights import write_all
+
+    res = tmp_path / "resources"
+    write_all(res, None, inception=True, vgg16=False, elatentlpips=False)
+    monkeypatch.setenv("LCT_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("TORCH_HOME", str(res / "torch"))  # clean-fid's torch hub finds the same file offline
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (1, 48, 48, 3))
+    a = np.clip(base + rng.normal(0, 40, (24, 48, 48, 3)), 0, 255).astype(np.uint8)
+    b = np.clip(base + 30 + rng.normal(0, 60, (24, 48, 48, 3)), 0, 255).astype(np.uint8)
+    _jpeg_folder(tmp_path / "a", a)
+    _jpeg_folder(tmp_path / "b", b)
+    theirs = cfid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), mode="legacy_pytorch", num_workers=0,
+                              batch_size=8, device=torch.device("cpu"), verbose=False, use_dataparallel=False)
+    # lct: in-memory images through the same JPEG round trip, features, statistics, distance
+    ex = metrics.build_feature("inception_legacy", res, torch.device("cpu"))
+    fa = ex(ev.apply_image_format(a, "jpeg", 75))
+    fb = ex(ev.apply_image_format(b, "jpeg", 75))
+    ours = metrics.frechet_distance(*metrics.feature_stats(fa), *metrics.feature_stats(fb))
+    assert ours == pytest.approx(theirs, rel=1e-4) and theirs > 0
+    # reference statistics of a dataset = clean-fid's statistics of the folder of its JPEGs
+    feats = cfid.get_folder_features(str(tmp_path / "b"), cfid.build_feature_extractor("legacy_pytorch", torch.device("cpu"), use_dataparallel=False),
+                                     num_workers=0, batch_size=8, device=torch.device("cpu"), mode="legacy_pytorch", verbose=False)
+    ref = ev.compute_ref_stats(b, "inception", res, torch.device("cpu"), "jpeg", 75, batch_size=10,
+                               modes=["legacy_pytorch"], recall_feature="inception_legacy")
+    np.testing.assert_allclose(ref["mu_legacy_pytorch"], feats.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ref["sigma_legacy_pytorch"], np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-5)

@@ -116,3 +116,11 @@ def test_caption_names_the_reading(tmp_path, reading, says):
     assert f"reading {reading}" in t["caption"] and says in t["caption"]
     md = report.write_table(t, tmp_path / "t2a")[1].read_text()
     assert f"reading {reading}" in md
+
+
+def test_torchvision_recall_fallback_is_marked_not_comparable(tmp_path):
+    cfg = {**PAPER_CFG, "evaluation": {**PAPER_CFG["evaluation"], "recall_feature": "vgg16"}}
+    t = report.build_table(cfg, "table2a", PUBLISHED, tmp_path / "eval")
+    assert any("NOT comparable" in f and "vgg16" in f for f in t["footnotes"])
+    t = report.build_table(PAPER_CFG, "table2a", PUBLISHED, tmp_path / "eval")
+    assert any("pr50k3_full" in f for f in t["footnotes"]) and not any("NOT comparable" in f for f in t["footnotes"])

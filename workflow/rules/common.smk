@@ -199,7 +199,9 @@ def fetch_flags():
         if v["kind"] == "pretrained"
     ]
     if config["evaluation"]["feature"] == "inception":
-        flags += ["--inception", "--vgg16"]
+        flags += ["--inception", "--vgg16"]  # --vgg16: NVIDIA's metric VGG16 (pr50k3_full)
+        if config["evaluation"].get("recall_feature") == "vgg16":
+            flags.append("--vgg16-torchvision")
     if any(cfg.loss.distance == "elatentlpips" for cfg in EXPERIMENTS.values()):
         flags.append("--elatentlpips")
     return " ".join(flags)
@@ -362,6 +364,8 @@ def eval_args():
     args.append(f"--image-format {ev.get('image_format', 'jpeg')}")
     if ev["feature"] == "inception" and ev.get("fid_modes"):
         args.append("--fid-modes " + " ".join(ev["fid_modes"]))
+    if ev.get("recall_feature"):
+        args.append(f"--recall-feature {ev['recall_feature']}")
     return " ".join(args)
 
 

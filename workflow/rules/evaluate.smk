@@ -13,7 +13,7 @@ rule ref_stats:
     params:
         data=images_dir,
         args=eval_args(),
-        recall_num=config["evaluation"]["num_samples"],
+        recall_num=config["evaluation"].get("recall_real_max", 200000),
     shell:
         "lct ref-stats --data {params.data} {params.args} --recall-num {params.recall_num} "
         "--out {output} > {log} 2>&1"

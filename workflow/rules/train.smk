@@ -31,6 +31,7 @@ rule train:
     params:
         data=train_data_dir,
         run_dir=run_dir,
+        res=RES,
     shell:
         # Settings changed since the last attempt: keep the old state aside, start afresh.
         "(if [ -f {params.run_dir}/config.yaml ] && ! cmp -s {input.config} {params.run_dir}/config.yaml; then "
@@ -40,8 +41,9 @@ rule train:
         "echo lct workflow: settings changed, previous state moved to $old; fi; "
         "if [ {resources.gpu} -gt 1 ]; then "
         "torchrun --standalone --nproc_per_node {resources.gpu} -m lct.cli train "
-        "--config {input.config} --data {params.data} --run-dir {params.run_dir} --quiet; "
-        "else lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} --quiet; "
+        "--config {input.config} --data {params.data} --run-dir {params.run_dir} --resources {params.res} --quiet; "
+        "else lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} "
+        "--resources {params.res} --quiet; "
         "fi) >> {log} 2>&1"
 
 
