@@ -102,6 +102,17 @@ def build_suite(feature: str, modes: list[str] | None, resources: str | Path | N
     return {n: build_feature(n, resources, device) for n in names}, fd, rec
 
 
+def extractor_fingerprint(name: str, resources: str | Path | None) -> dict[str, Any]:
+    """The weight files behind a feature extractor, by their MANIFEST.json sha256 (fetch-weights)."""
+    from lct.fetch import MANIFEST
+
+    manifest = Path(resources) / MANIFEST if resources else None
+    if manifest is None or not manifest.is_file():
+        return {"name": name}
+    files = json.loads(manifest.read_text())["files"]
+    return {"name": name, "files": {k: v["sha256"] for k, v in sorted(files.items()) if v.get("asset") == name}}
+
+
 def _atomic_savez(path: Path, **arrays: Any) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
@@ -226,15 +237,17 @@ def run_evaluation(images_for_seeds: Any, seeds: list[int], extractors: dict[str
     for j, start in enumerate(range(0, len(seeds), shard_size)):
         shard_seeds = seeds[start : start + shard_size]
         path = cache_dir / f"shard-{j:05d}.npz"
+        got = None
         if path.is_file():
             with np.load(path) as z:
-                got = {n: z[n] for n in extractors}
-        else:
+                if "seeds" in z.files and z["seeds"].tolist() == list(shard_seeds):  # the very same images
+                    got = {n: z[n] for n in extractors}
+        if got is None:
             export = (export_dir, shard_seeds) if export_dir is not None else None
             got = shard_features(images_for_seeds(shard_seeds), extractors, image_format, quality, export)
             if any(len(v) != len(shard_seeds) for v in got.values()):
                 raise RuntimeError(f"shard {j}: sampler returned {len(next(iter(got.values())))} images for {len(shard_seeds)} seeds")
-            _atomic_savez(path, **got)
+            _atomic_savez(path, seeds=np.asarray(shard_seeds, np.int64), **got)
         for n in extractors:
             parts[n].append(got[n])
     feats = {n: np.concatenate(v) for n, v in parts.items()}
@@ -244,9 +257,7 @@ def run_evaluation(images_for_seeds: Any, seeds: list[int], extractors: dict[str
             raise KeyError(f"reference statistics have no mode {mode!r} (have {list(ref.get('fd_modes', []))}); recompute them with `lct ref-stats --fid-modes ...`")
         mu, sigma = feature_stats(feats[name])
         result["fid"][mode] = frechet_distance(mu, sigma, ref[f"mu_{mode}"], ref[f"sigma_{mode}"])
-    real = ref["recall_feats"]
-    if len(real) > len(seeds):  # equal set sizes, as in Kynkaanniemi et al. (k-NN radii depend on the count)
-        real = real[np.sort(np.random.default_rng(0).permutation(len(real))[: len(seeds)])]
+    real = ref["recall_feats"]  # all stored reals (pr50k3_full: up to 200K) against every generated image
     result["precision"], result["recall"] = precision_recall(real, feats[rec], k=recall_k, device=device)
     result["recall_real_count"] = int(len(real))
     return result
@@ -304,9 +315,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(a.out)
     cache_dir = out.with_name(out.name + ".shards")
+    from lct.vae import codec_fingerprint
+
+    # Everything that changes an image or a feature: a rerun with any other setting never reuses shards.
     key = {"checkpoint_sha256": ckpt_sha, "ema": a.ema, "nfe": a.nfe, "seed_offset": a.seed_offset,
-           "shard_size": a.shard_size, "image_format": a.image_format, "jpeg_quality": a.jpeg_quality,
-           "extractors": sorted(extractors), "data": str(a.data)}
+           "num_samples": a.num_samples, "shard_size": a.shard_size, "image_format": a.image_format,
+           "jpeg_quality": a.jpeg_quality, "codec": codec_fingerprint(a.data, a.vae),
+           "extractors": {n: extractor_fingerprint(n, a.resources) for n in sorted(extractors)}}
     res = run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache_dir, key, a.image_format,
                          a.jpeg_quality, a.shard_size, a.recall_k, Path(a.export_dir) if a.export_dir else None, device)
     report = {

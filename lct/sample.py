@@ -186,11 +186,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--data {a.data}: its samples have shape {tuple(codec.latent_shape)} but "
                                  f"{ckpt} was trained on {shape} ({info['data'].get('path')})")
         out = Path(a.out)
-        meta = {"checkpoint": str(ckpt), "step": info["step"], "ema": a.ema, "nfe": a.nfe,
+        from lct.download import file_digest
+
+        meta = {"checkpoint": str(ckpt), "checkpoint_sha256": file_digest(ckpt, "sha256"), "step": info["step"],
+                "ema": a.ema, "nfe": a.nfe,
                 "seeds": [seeds[0], seeds[-1]], "num_seeds": len(seeds), "format": a.format, "decode": decode,
                 "shard_size": a.shard_size, "data": a.data, "shape": list(shape)}
         if a.format == "jpeg":
             meta["jpeg_quality"] = a.jpeg_quality
+        if decode:
+            from lct.vae import codec_fingerprint
+
+            meta["codec"] = codec_fingerprint(a.data, a.vae)
         _check_or_write_meta(out, meta)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"lct sample: error: {e}", file=sys.stderr)

@@ -271,6 +271,23 @@ def load_codec(data_path: str | Path, vae_dir: str | Path | None = None, device:
     raise VAEError(f"{data_path} is neither a latents dir (latents.json) nor a dataset dir (images.npy)")
 
 
+def codec_fingerprint(data_path: str | Path, vae_dir: str | Path | None = None) -> dict[str, Any]:
+    """What decides how a latent becomes an image: sha256 of the VAE's files and of norm.npz (latents),
+    or the pixel shape. Part of every sample / evaluation cache key."""
+    from lct.download import file_digest
+
+    data_path = Path(data_path)
+    if (data_path / "latents.json").is_file():
+        meta_file = data_path / "latents.json"
+        vdir = Path(vae_dir) if vae_dir else resolve_vae_dir(json.loads(meta_file.read_text()), meta_file)
+        files = sorted(f for f in vdir.iterdir() if f.is_file() and f.suffix in (".json", ".safetensors", ".bin"))
+        return {"vae": {f.name: file_digest(f, "sha256") for f in files},
+                "norm": file_digest(data_path / "norm.npz", "sha256")}
+    if (data_path / "images.npy").is_file():
+        return {"pixels": list(np.load(data_path / "images.npy", mmap_mode="r").shape[1:])}
+    raise VAEError(f"{data_path} is neither a latents dir (latents.json) nor a dataset dir (images.npy)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lct train-vae", description="train the tiny demo AutoencoderKL")
     ap.add_argument("--data", required=True, help="dataset dir with images.npy")

@@ -79,7 +79,8 @@ def test_run_evaluation_resumes_from_shards(setup, tmp_path):
     feats = extractors["digit_classifier"](images[1000:1300])
     direct = metrics.frechet_distance(*metrics.feature_stats(feats), ref["mu_frechet_digit"], ref["sigma_frechet_digit"])
     assert res["fid"]["frechet_digit"] == pytest.approx(direct, rel=1e-5)
-    assert 0 < res["recall"] <= 1 and 0 < res["precision"] <= 1 and res["recall_real_count"] == 300
+    assert 0 < res["recall"] <= 1 and 0 < res["precision"] <= 1
+    assert res["recall_real_count"] == 600  # pr50k3_full: every stored real, not a subsample of the fake count
     # rerun: every shard is cached, nothing is generated again
     calls.clear()
     again = ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache, key, "png", shard_size=128)
@@ -88,6 +89,12 @@ def test_run_evaluation_resumes_from_shards(setup, tmp_path):
     ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache, {**key, "checkpoint_sha256": "y"},
                       "png", shard_size=128)
     assert len(calls) == 3
+    # a shard holding other seeds (however it got there) is recomputed, never mixed in
+    calls.clear()
+    np.savez(cache / "shard-00002.npz", seeds=np.arange(5), **{n: np.zeros((5, 128), np.float32) for n in extractors})
+    again = ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache,
+                              {**key, "checkpoint_sha256": "y"}, "png", shard_size=128)
+    assert [c[0] for c in calls] == [256] and again["fid"] == pytest.approx(res["fid"])
 
 
 def test_evaluate_rejects_mismatched_reference(setup, tmp_path):
@@ -133,4 +140,19 @@ def test_evaluate_cli_end_to_end(setup, tmp_path):
     assert 0 <= res["recall"] <= 1 and 0 <= res["precision"] <= 1 and len(res["checkpoint_sha256"]) == 64
     assert res["image_format"] == "png" and res["jpeg_quality"] is None
     assert not (out.parent / (out.name + ".shards")).exists()  # cache removed after success
+    # The shard cache is keyed by everything that changes an image: rerun keeping shards, then ask for
+    # more samples; the cached 48-sample shards must not be reused for the 64-sample run.
+    assert ev.main(argv + ["--keep-shards"]) == 0
+    meta = json.loads((out.parent / (out.name + ".shards") / "meta.json").read_text())
+    assert meta["num_samples"] == 48 and "codec" in meta and set(meta["extractors"]) == {"digit_classifier"}
+    more = list(argv)
+    more[more.index("--num-samples") + 1] = "64"
+    assert ev.main(more + ["--keep-shards"]) == 0
+    meta = json.loads((out.parent / (out.name + ".shards") / "meta.json").read_text())
+    assert meta["num_samples"] == 64
+    direct = tmp_path / "direct.json"
+    fresh = list(more)
+    fresh[fresh.index("--out") + 1] = str(direct)
+    assert ev.main(fresh) == 0  # no cache at all
+    assert json.loads(out.read_text())["fid"] == json.loads(direct.read_text())["fid"]
     assert sorted(p.name for p in (tmp_path / "img").iterdir())[0] == "000100.png"
