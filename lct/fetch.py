@@ -133,6 +133,19 @@ def require(resources_dir: str | Path, name: str, verify: bool = False) -> Path:
     return p
 
 
+def check_not_random(folder: str | Path) -> None:
+    """Refuse a folder of pretrained files (e.g. a VAE) that the test-only random mode wrote, unless
+    LCT_ALLOW_RANDOM_WEIGHTS=1 (the smoke configuration)."""
+    folder = Path(folder)
+    m = _load_manifest(folder.parent)
+    prefix = folder.name.rstrip("/") + "/"
+    if any(k.startswith(prefix) and v.get("random") for k, v in m["files"].items()) \
+            and os.environ.get(ALLOW_RANDOM) != "1":
+        raise MissingResource(f"{folder} holds RANDOM weights written by `lct fetch-weights --random-weights-for-tests`; "
+                              f"only the smoke test may use them ({ALLOW_RANDOM}=1). Remove {folder.parent} and "
+                              f"{_hint(folder.parent)}")
+
+
 def verify_manifest(resources_dir: str | Path) -> list[str]:
     """Problems found by recomputing every sha256 in MANIFEST.json (empty list: all good)."""
     resources = Path(resources_dir)

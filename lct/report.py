@@ -141,6 +141,8 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
     caption = f"Table {pub_id} ({where}): reproduced beside published"
     if reading in READING_CAPTIONS:
         caption += f"; {READING_CAPTIONS[reading]}"
+    if cfg.get("random_weights_for_tests"):
+        caption = "SMOKE TEST WITH RANDOM WEIGHTS, the numbers mean nothing. " + caption
 
     return {"key": key, "columns": cols, "rows": rows, "footnotes": footnotes, "caption": caption, "metric": m}
 

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: paths, the experiment expansion and the input functions.
 # Named functions only (no lambdas inside rules); every path helper returns a string.
 import json
+import os
 import re
 from pathlib import Path
 
@@ -102,6 +103,11 @@ def _check_references():
 
 _check_references()
 EXPERIMENTS = _resolve_all()
+if config.get("random_weights_for_tests"):
+    # The smoke configuration only: its jobs may read the random weights that
+    # `lct fetch-weights --random-weights-for-tests` writes (lct.random_weights); every other
+    # configuration's jobs refuse them.
+    os.environ["LCT_ALLOW_RANDOM_WEIGHTS"] = "1"
 
 
 # ---- names and paths -------------------------------------------------------------------------
@@ -193,7 +199,8 @@ def needs_fetch():
 
 def fetch_flags():
     """Arguments of `lct fetch-weights` for what this config uses."""
-    flags = [
+    flags = ["--random-weights-for-tests"] if config.get("random_weights_for_tests") else []
+    flags += [
         f"--vae {v['repo']}"
         for v in config["vaes"].values()
         if v["kind"] == "pretrained"
