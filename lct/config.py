@@ -70,6 +70,7 @@ class TrainConfig:
     batch_size: int = 128  # Global batch size (per-GPU batch times world size).
     total_steps: int | None = None  # Training length in iterations (one of total_steps, epochs).
     epochs: float | None = None  # Training length in epochs of the training set (paper: 1400 or 1800).
+    num_images: int | None = None  # Training split: the first N images of the dataset (images.npy order = sorted file names); None = all.
     optimizer: str = "radam"  # "radam" (paper) or "adam".
     lr: float = 1e-4  # Learning rate, constant.
     weight_decay: float = 1e-4  # Weight decay.
@@ -201,9 +202,33 @@ def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> E
     if name not in exps:
         raise ConfigError(f"experiments.{name}: not in the workflow config ({sorted(exps)})")
     e = exps[name]
+    defaults = workflow_config.get("defaults") or {}
+    split = ((workflow_config.get("datasets") or {}).get(e["dataset"]) or {}).get("train_split") or {}
+    if split.get("count"):  # datasets.<d>.train_split: the first N images train (the authors' split)
+        defaults = merge(defaults, {"train": {"num_images": int(split["count"])}})
     return resolve_experiment(e["preset"], e.get("overrides") or {}, name=name, dataset=e["dataset"],
-                              defaults=workflow_config.get("defaults") or {},
-                              reading=workflow_config.get("reading", DEFAULT_READING))
+                              defaults=defaults, reading=workflow_config.get("reading", DEFAULT_READING))
+
+
+def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str, Any] | None:
+    """Iterations K and the curriculum's stage boundaries of an experiment, when they follow from its config
+    (train.total_steps, or train.epochs with train.num_images / `num_images`); None when the data size is needed."""
+    import math
+
+    from lct import schedules as S
+
+    t = cfg.train
+    n = t.num_images or num_images
+    if t.total_steps is not None:
+        k_total = int(t.total_steps)
+    elif n:
+        k_total = max(1, math.ceil(float(t.epochs) * n / t.batch_size))
+    else:
+        return None
+    out: dict[str, Any] = {"images": n, "iterations": k_total}
+    if cfg.schedule.curriculum == "exp" and cfg.objective == "consistency":
+        out["curriculum"] = [{"from_iteration": k, "N": nk} for k, nk in S.curriculum_stages(k_total, cfg.schedule)]
+    return out
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -235,13 +260,23 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 
 def save_experiment(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config atomically (temporary name, then rename)."""
+    """Write the resolved config atomically (temporary name, then rename), with the run length it
+    implies (iterations, curriculum stages) as comments when the config alone determines it."""
     import yaml
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    header = ""
+    length = run_length(cfg)
+    if length is not None:
+        header = (f"# Derived (lct.config.run_length): {length['images'] or 'all'} training images, "
+                  f"{length['iterations']:,} iterations")
+        if "curriculum" in length:
+            header += "\n# Curriculum (eq. 10): " + ", ".join(
+                f"N={c['N']} from {c['from_iteration']:,}" for c in length["curriculum"])
+        header += "\n"
+    tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tmp.replace(path)
 
 

@@ -6,11 +6,12 @@ concatenated into ``latents.npy`` (float32 [N, 4, h, w], raw VAE space), the nor
 statistics are fitted into ``norm.npz`` and ``latents.json`` is written last (it marks completion),
 then the shards are removed.
 
-What is stored: the posterior MEAN of q(z|x), not a sample. It is deterministic (the dataset is
-fixed once encoded and identical across reruns and machines), and a sample would bake one draw of
-the posterior noise into every epoch anyway. The posterior std is not stored per element; its
-average is recorded in latents.json (``posterior_std_mean``) so its size relative to the data is
-visible.
+What is stored (``--posterior``): ``sample``, one draw z = mean + std * eps of q(z|x) per image, as
+the authors' preprocessing wrote its latents (`latent_dist.sample()`, METHOD.md section 4), or
+``mean``, the posterior mean. A sample's eps comes from a generator seeded by (``--seed``, image
+index), so a rerun, a resumed encode or another batch size writes the very same latents. The
+posterior std is not stored per element; its average is recorded in latents.json
+(``posterior_std_mean``) so its size relative to the data is visible.
 """
 
 from __future__ import annotations
@@ -33,13 +34,23 @@ def _shard_path(out: Path, i: int) -> Path:
     return out / "shards" / f"shard-{i:05d}.npy"
 
 
+POSTERIORS = ("sample", "mean")
+
+
+def posterior_eps(shape: tuple[int, ...], seed: int, first_index: int) -> torch.Tensor:
+    """eps [B, *shape[1:]] for images first_index .. first_index + B - 1; image i's draw depends on (seed, i) only."""
+    return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(seed * 1_000_003 + first_index + j))
+                        for j in range(shape[0])])
+
+
 def _finished(out: Path, plan: dict[str, Any], normalization: str) -> dict[str, Any] | None:
-    """latents.json of a completed encode of the same VAE and data (norm refitted if the mode changed)."""
+    """latents.json of a completed encode of the same VAE, data and posterior (norm refitted if the mode changed)."""
     f = out / "latents.json"
     if not (f.is_file() and (out / "latents.npy").is_file()):
         return None
     meta = json.loads(f.read_text())
-    if (meta.get("vae_abs"), meta.get("data_abs"), meta.get("count")) != (plan["vae"], plan["data"], plan["count"]):
+    if (meta.get("vae_abs"), meta.get("data_abs"), meta.get("count"), meta.get("posterior", "mean"),
+            meta.get("posterior_seed")) != (plan["vae"], plan["data"], plan["count"], plan["posterior"], plan["seed"]):
         return None
     if meta.get("normalization") != normalization or not (out / "norm.npz").is_file():
         norm = LatentNormalizer.fit(np.load(out / "latents.npy", mmap_mode="r"), normalization)
@@ -53,7 +64,8 @@ def _finished(out: Path, plan: dict[str, Any], normalization: str) -> dict[str, 
 
 @torch.no_grad()
 def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, normalization: str = "standardize",
-                   batch_size: int = 64, shard_size: int = 2048, device: str | None = None) -> dict[str, Any]:
+                   batch_size: int = 64, shard_size: int = 2048, device: str | None = None,
+                   posterior: str = "mean", seed: int = 0) -> dict[str, Any]:
     """Encode ``data/images.npy`` with the VAE in `vae_dir` into `out`; returns a summary.
 
     The summary's ``encoded_shards`` lists the shard indices encoded by THIS call (resume check).
@@ -61,6 +73,8 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
     data, out = Path(data), Path(out)
     if normalization not in NORMALIZATIONS:
         raise VAEError(f"--normalization {normalization!r}: choose one of {NORMALIZATIONS}")
+    if posterior not in POSTERIORS:
+        raise VAEError(f"--posterior {posterior!r}: choose one of {POSTERIORS}")
     img_file = data / "images.npy"
     if not img_file.is_file():
         raise VAEError(f"{img_file} is missing; run `lct prepare-data --out {data}` first")
@@ -74,7 +88,8 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
     (out / "shards").mkdir(exist_ok=True)
 
     # Shards from a different run (other VAE, data or shard size) must not be mixed in.
-    plan = {"vae": str(Path(vae_dir).resolve()), "data": str(data.resolve()), "count": n, "shard_size": shard_size}
+    plan = {"vae": str(Path(vae_dir).resolve()), "data": str(data.resolve()), "count": n, "shard_size": shard_size,
+            "posterior": posterior, "seed": seed if posterior == "sample" else None}
     done = _finished(out, plan, normalization)
     if done is not None:
         return {**done, "encoded_shards": []}
@@ -92,7 +107,10 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
         means, stds = [], []
         for b in range(lo, hi, batch_size):
             post = vae.encode(to_model_space(images[b : min(hi, b + batch_size)]).to(device)).latent_dist
-            means.append(post.mean.float().cpu().numpy())
+            z = post.mean.float().cpu()
+            if posterior == "sample":  # z = mean + std * eps, eps seeded per image (the authors' latent_dist.sample())
+                z = z + post.std.float().cpu() * posterior_eps(tuple(z.shape), seed, b)
+            means.append(z.numpy())
             stds.append(float(post.std.float().mean()) * len(means[-1]))
         tmp = _shard_path(out, i).with_suffix(".tmp.npy")
         np.save(tmp, np.concatenate(means))
@@ -117,7 +135,8 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
     prev = json.loads((out / "latents.json").read_text()) if (out / "latents.json").is_file() else {}
     meta = {
         "vae": str(vae_dir), "vae_abs": str(Path(vae_dir).resolve()), "data": str(data), "data_abs": str(data.resolve()), "count": n,
-        "latent_shape": list(shape[1:]), "image_shape": [h, w, c], "posterior": "mean",
+        "latent_shape": list(shape[1:]), "image_shape": [h, w, c], "posterior": posterior,
+        "posterior_seed": plan["seed"],
         "normalization": normalization, "scale": norm.scale, "target_std": norm.target_std,
         "shard_size": shard_size, "num_shards": num_shards,
         "posterior_std_mean": (std_sum / max(1, sum(min(n, (i + 1) * shard_size) - i * shard_size for i in encoded)))
@@ -140,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--shard-size", type=int, default=2048)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--posterior", default="mean", choices=POSTERIORS,
+                    help="sample: one seeded draw per image (the authors' latents); mean: the posterior mean")
+    ap.add_argument("--seed", type=int, default=0, help="--posterior sample: image i draws from seed (seed, i)")
     a = ap.parse_args(argv)
     try:
-        s = encode_dataset(a.data, a.vae, a.out, a.normalization, a.batch_size, a.shard_size, a.device)
+        s = encode_dataset(a.data, a.vae, a.out, a.normalization, a.batch_size, a.shard_size, a.device,
+                           a.posterior, a.seed)
     except VAEError as e:
         print(f"lct encode: {e}", file=sys.stderr)
         return 1

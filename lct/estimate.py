@@ -51,7 +51,8 @@ def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_over
 
     def train_h(name: str) -> float:
         c = exps[name]
-        n_images = c.train.total_steps * c.train.batch_size if c.train.total_steps else c.train.epochs * sizes[c.dataset]
+        n_images = c.train.total_steps * c.train.batch_size if c.train.total_steps else \
+            c.train.epochs * (c.train.num_images or sizes[c.dataset])
         factor = 4.0 / 3.0 if c.objective == "consistency" else 1.0  # + teacher forward (no backward)
         return n_images * factor / train_ips / 3600.0
 

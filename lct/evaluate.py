@@ -187,6 +187,35 @@ def ref_stats_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def load_fid_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of a pytorch-fid statistics file: ``.npz`` with arrays ``mu`` and ``sigma`` (pytorch-fid's
+    `save_fid_stats` format), or ``.npy`` holding that pair as a dict (as the authors' repository ships
+    `celebahq_stat.npy`). A ``.npy`` dict needs unpickling: only files whose checksum was verified
+    (`lct fetch-weights --fid-reference`, or a path you trust) should be given."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FID reference statistics {path} not found; set evaluation.fid_reference.<dataset> "
+                                f"and run `snakemake fetch_weights`, or give a local path")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if not {"mu", "sigma"} <= set(z.files):
+                raise ValueError(f"{path}: a pytorch-fid statistics file needs arrays 'mu' and 'sigma', has {z.files}")
+            mu, sigma = z["mu"], z["sigma"]
+    elif path.suffix == ".npy":
+        obj = np.load(path, allow_pickle=True)
+        if obj.dtype == object and obj.ndim == 0 and isinstance(obj.item(), dict):
+            d = obj.item()
+            mu, sigma = np.asarray(d["mu"]), np.asarray(d["sigma"])
+        else:
+            raise ValueError(f"{path}: expected a dict {{'mu', 'sigma'}} saved with np.save")
+    else:
+        raise ValueError(f"{path}: FID reference statistics must be .npz (mu, sigma) or .npy (dict)")
+    mu, sigma = np.asarray(mu, np.float64).reshape(-1), np.asarray(sigma, np.float64)
+    if sigma.shape != (mu.size, mu.size):
+        raise ValueError(f"{path}: sigma has shape {sigma.shape}, expected ({mu.size}, {mu.size})")
+    return mu, sigma
+
+
 def load_ref(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -284,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-offset", type=int, default=0, help="image k uses seed offset + k")
     p.add_argument("--recall-k", type=int, default=3)
     p.add_argument("--recall-feature", default=None, help="must match the reference's (set by `lct ref-stats`)")
+    p.add_argument("--fid-reference", default=None,
+                   help="pytorch-fid statistics file (.npz mu/sigma or .npy dict): the legacy_pytorch FID is taken "
+                        "against it instead of the dataset's own statistics (the authors' protocol)")
     p.add_argument("--keep-shards", action="store_true", help="keep the cached shard features after success")
     p.add_argument("--vae", default=None, help="VAE dir overriding the one named in <data>/latents.json")
     p.add_argument("--device", default="auto")
@@ -304,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     from lct.vae import load_codec
 
     modes = a.fid_modes or [str(m) for m in ref["fd_modes"]]
+    fid_reference = None
+    if a.fid_reference:
+        if "legacy_pytorch" not in modes:
+            raise SystemExit("lct evaluate: --fid-reference holds pytorch-fid statistics, i.e. the legacy_pytorch mode; "
+                             "add legacy_pytorch to --fid-modes")
+        ref["mu_legacy_pytorch"], ref["sigma_legacy_pytorch"] = load_fid_reference(a.fid_reference)
+        fid_reference = {"legacy_pytorch": {"file": str(a.fid_reference), "sha256": sha256_file(a.fid_reference)}}
     extractors, fd, rec = build_suite(a.feature, modes, a.resources, device, str(ref["recall_feature"]))
     model, cfg, info = load_checkpoint_model(a.checkpoint, ema=a.ema, device=device)
     codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size)
@@ -322,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
            "num_samples": a.num_samples, "shard_size": a.shard_size, "image_format": a.image_format,
            "jpeg_quality": a.jpeg_quality, "codec": codec_fingerprint(a.data, a.vae),
            "extractors": {n: extractor_fingerprint(n, a.resources) for n in sorted(extractors)}}
+    # (the FID reference enters only the final distance, not the cached features)
     res = run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache_dir, key, a.image_format,
                          a.jpeg_quality, a.shard_size, a.recall_k, Path(a.export_dir) if a.export_dir else None, device)
     report = {
@@ -333,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         "recall_feature": rec, "recall_real_count": res["recall_real_count"],
         "checkpoint": str(a.checkpoint), "checkpoint_sha256": ckpt_sha, "step": info.get("step") if isinstance(info, dict) else None,
         "ref": str(a.ref), "ref_image_format": ref.get("image_format"), "device": str(device),
+        "fid_reference": fid_reference or {m: {"images": int(ref.get("num_images", 0)),
+                                                "image_format": ref.get("image_format")} for m in res["fid"]},
         "wall_time_s": round(time.time() - t0, 2),
     }
     _atomic_json(out, report)

@@ -90,6 +90,15 @@ def curriculum_stage(k: int, K: int, sched: "ScheduleConfig") -> int:
     return 0 if num_timesteps(k, K, sched) == num_timesteps(0, K, sched) else 1
 
 
+def curriculum_stages(K: int, sched: "ScheduleConfig") -> list[tuple[int, int]]:
+    """(first iteration, N) of each stage of the exp curriculum (eq. 10) over K iterations."""
+    if sched.curriculum != "exp":
+        raise ValueError(f"schedule.curriculum = {sched.curriculum!r} has no discrete stages")
+    k_prime = max(K // _num_stages_exp(sched.s0, sched.s1), 1)  # K' of eq. 10
+    return [(j * k_prime, num_timesteps_exp(j * k_prime, K, sched.s0, sched.s1))
+            for j in range(_num_stages_exp(sched.s0, sched.s1)) if j * k_prime < K]
+
+
 def lognormal_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
     """iCT discrete lognormal over the N-1 pairs of an ascending grid, float64 [N-1]."""
     # p(i) ∝ erf((ln t_{i+1} - P_mean) / (sqrt 2 P_std)) - erf((ln t_i - P_mean) / (sqrt 2 P_std))   (iCT)

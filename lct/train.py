@@ -259,6 +259,12 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                 print(f"lct train: {run_dir / 'final.pt'} exists; nothing to do", file=sys.stderr)
             return load_checkpoint_model(run_dir / "final.pt", "online", dev)[0]
         data, info = load_training_data(data_path)
+        if t.num_images is not None:  # the training split: the first N images (datasets.<d>.train_split)
+            if t.num_images > data.shape[0]:
+                raise ConfigError(f"train.num_images = {t.num_images} but {data_path} holds {data.shape[0]} images; "
+                                  f"lower datasets.<dataset>.train_split.count or prepare the full dataset")
+            data = data[: t.num_images]
+            info = {**info, "split": f"first {t.num_images} of {info['shape'][0]}"}
         n, shape = data.shape[0], list(data.shape)
         if dev.type == "cuda" and data.numel() * 4 <= 8 << 30:
             data = data.to(dev)  # encoded latents fit on the GPU: no host-to-device copy per step
@@ -297,6 +303,12 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             save_experiment(cfg, run_dir / "config.yaml")
             log.truncate_after(start)
             if not quiet:
+                from lct.config import run_length
+
+                stages = (run_length(cfg, n) or {}).get("curriculum")
+                if stages:
+                    print("lct train: curriculum (eq. 10): " + ", ".join(
+                        f"N={c['N']} from iteration {c['from_iteration']}" for c in stages), file=sys.stderr)
                 print(f"lct train: {cfg.name}: {n} images {shape[1:]}, {total} steps of {t.batch_size} "
                       f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
                                                             if latest else "starting"), file=sys.stderr)

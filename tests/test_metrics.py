@@ -212,6 +212,7 @@ def _jpeg_folder(folder, images):
         Image.fromarray(im).save(folder / f"{i:05d}.jpg", quality=75)
 
 
+@pytest.mark.slow
 def test_fid_equals_cleanfid_legacy_pytorch_on_jpeg_folders(tmp_path, monkeypatch):
     """lct's in-memory FID = clean-fid's own compute_fid(mode="legacy_pytorch") on the same two JPEG
     folders with the same Inception weights (random ones, written where both look for them); the
@@ -233,16 +234,23 @@ def test_fid_equals_cleanfid_legacy_pytorch_on_jpeg_folders(tmp_path, monkeypatc
     _jpeg_folder(tmp_path / "b", b)
     theirs = cfid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), mode="legacy_pytorch", num_workers=0,
                               batch_size=8, device=torch.device("cpu"), verbose=False, use_dataparallel=False)
-    # lct: in-memory images through the same JPEG round trip, features, statistics, distance
+    # lct: in-memory images through the same JPEG round trip, features and distance; the reference
+    # side is `lct ref-stats`' statistics of the dataset, so both paths are checked at once
     ex = metrics.build_feature("inception_legacy", res, torch.device("cpu"))
     fa = ex(ev.apply_image_format(a, "jpeg", 75))
-    fb = ex(ev.apply_image_format(b, "jpeg", 75))
-    ours = metrics.frechet_distance(*metrics.feature_stats(fa), *metrics.feature_stats(fb))
-    assert ours == pytest.approx(theirs, rel=1e-4) and theirs > 0
-    # reference statistics of a dataset = clean-fid's statistics of the folder of its JPEGs
-    feats = cfid.get_folder_features(str(tmp_path / "b"), cfid.build_feature_extractor("legacy_pytorch", torch.device("cpu"), use_dataparallel=False),
-                                     num_workers=0, batch_size=8, device=torch.device("cpu"), mode="legacy_pytorch", verbose=False)
     ref = ev.compute_ref_stats(b, "inception", res, torch.device("cpu"), "jpeg", 75, batch_size=10,
                                modes=["legacy_pytorch"], recall_feature="inception_legacy")
-    np.testing.assert_allclose(ref["mu_legacy_pytorch"], feats.mean(0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(ref["sigma_legacy_pytorch"], np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-5)
+    ours = metrics.frechet_distance(*metrics.feature_stats(fa), ref["mu_legacy_pytorch"], ref["sigma_legacy_pytorch"])
+    assert ours == pytest.approx(theirs, rel=1e-4) and theirs > 0
+    # A reference given as a pytorch-fid statistics file (its save_fid_stats format: np.savez_compressed
+    # with mu, sigma; or the authors' .npy dict) gives the FID of the same statistics held in memory.
+    mu, sigma = ref["mu_legacy_pytorch"], ref["sigma_legacy_pytorch"]
+    np.savez_compressed(tmp_path / "stats.npz", mu=mu, sigma=sigma)
+    np.save(tmp_path / "stats.npy", {"mu": mu, "sigma": sigma}, allow_pickle=True)
+    fmu, fsigma = ev.load_fid_reference(tmp_path / "stats.npz")
+    assert metrics.frechet_distance(*metrics.feature_stats(fa), fmu, fsigma) == ours  # (a 2048-d sqrtm: ~15 s)
+    for got, want in zip(ev.load_fid_reference(tmp_path / "stats.npy"), (fmu, fsigma)):
+        np.testing.assert_array_equal(got, want)  # the same arrays, hence the same FID
+    np.savez(tmp_path / "bad.npz", m=mu)
+    with pytest.raises(ValueError, match="'mu' and 'sigma'"):
+        ev.load_fid_reference(tmp_path / "bad.npz")

@@ -76,8 +76,6 @@ def test_table1a_and_figure1_from_the_real_architectures(smoke):
 
 
 def test_shapes_formats_and_the_authors_run(smoke):
-    from lct.nn.params import count_parameters
-
     tmp, out = smoke
     # SD-VAE latents of 256x256 photographs: 4x32x32, standardized as the authors' code does
     lat = np.load(out / "data/celebahq256/latents/latents.npy", mmap_mode="r")
@@ -91,7 +89,12 @@ def test_shapes_formats_and_the_authors_run(smoke):
 
     for exp, params in [("celebahq_slct", 158_355_972), ("celebahq_ilct", 151_325_956), ("celebahq_ldm", 151_325_956)]:
         model, cfg, info = load_checkpoint_model(out / f"runs/{exp}/final.pt", "online", "cpu")
-        assert count_parameters(model) == params and info["step"] == 2, exp
+        assert sum(p.numel() for p in model.parameters()) == params and info["step"] == 2, exp
+    # the authors' data: seeded posterior samples, and the training split (6 of the 8 photographs here)
+    meta = json.loads((out / "data/celebahq256/latents/latents.json").read_text())
+    assert meta["posterior"] == "sample" and meta["posterior_seed"] == 0
+    assert slct["train"]["num_images"] == 6
+    assert "first 6 of 8" in json.dumps(info["data"]) or info["data"]["shape"][0] == 6
     td = json.loads((out / "stats/td_celebahq_ilct.json").read_text())
     assert td["num_timesteps"] == 21 and td["kind"] == "latents"
 

@@ -171,3 +171,33 @@ def test_nan_guard_skips_and_stops(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "2 consecutive non-finite" in err and "ckpt-00000004.pt" in err
     assert [s for s, _ in list_checkpoints(run2)] == [4] and not (run2 / "final.pt").exists()
+
+
+def test_training_split_sets_the_iteration_count(tmp_path, capsys):
+    """datasets.<d>.train_split: the first N images train; epochs count over N (the authors' 27,000 of
+    CelebA-HQ give K = ceil(1400 x 27,000 / 128) = 295,313 and its curriculum stages)."""
+    from lct.config import resolve_workflow_experiment, run_length
+
+    wf = {"reading": "as_coded", "defaults": {}, "datasets": {"celebahq256": {"train_split": {"count": 27000}}},
+          "experiments": {"celebahq_slct": {"dataset": "celebahq256", "preset": "slct",
+                                            "overrides": {"train": {"epochs": 1400}}}}}
+    cfg = resolve_workflow_experiment(wf, "celebahq_slct")
+    length = run_length(cfg)
+    assert cfg.train.num_images == 27000 and length["iterations"] == 295_313
+    assert [c["N"] for c in length["curriculum"]] == [11, 21, 41, 81, 161, 321, 641]
+    assert length["curriculum"][1]["from_iteration"] == 295_313 // 7
+    save_experiment(cfg, tmp_path / "c.yaml")
+    head = (tmp_path / "c.yaml").read_text().splitlines()[:2]
+    assert "27000 training images, 295,313 iterations" in head[0] and "N=641 from 253,122" in head[1]
+    # lct train uses only the first N images and counts epochs over them
+    data = make_dataset(tmp_path, n=16)
+    path = make_experiment(tmp_path, preset="ilct", total_steps=None, epochs=2, num_images=10, batch_size=4,
+                           checkpoint_every=100, log_every=1)
+    run = tmp_path / "run"
+    assert T.main(["--config", str(path), "--data", str(data), "--run-dir", str(run)]) == 0
+    ckpt = torch.load(run / "final.pt", weights_only=True)
+    assert ckpt["step"] == 5 and ckpt["data"]["shape"][0] == 10  # ceil(2 x 10 / 4)
+    assert "curriculum (eq. 10)" in capsys.readouterr().err
+    too_many = make_experiment(tmp_path, preset="ilct", name="big", num_images=99)
+    assert T.main(["--config", str(too_many), "--data", str(data), "--run-dir", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert "train.num_images = 99" in capsys.readouterr().err

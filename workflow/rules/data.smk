@@ -63,11 +63,12 @@ rule encode:
     params:
         vae=encode_vae,
         normalization=normalization,
+        posterior=posterior_args,
         data=images_dir,
         out=output_dir,
     shell:
         "lct encode --data {params.data} --vae {params.vae} --normalization {params.normalization} "
-        "--out {params.out} > {log} 2>&1"
+        "{params.posterior} --out {params.out} > {log} 2>&1"
 
 
 # Figure 1 (left): box-and-whisker statistics of normalized latents vs pixels.
