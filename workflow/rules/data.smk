@@ -5,6 +5,7 @@
 rule fetch_weights:
     output:
         touch(fetch_marker()),
+        fid_reference_downloads(),
     log:
         f"{RES}/logs/fetch_weights.log",
     conda:

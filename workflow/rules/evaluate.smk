@@ -35,11 +35,12 @@ rule evaluate:
         num_samples=config["evaluation"]["num_samples"],
         ema=config["evaluation"]["ema"],
         recall_k=config["evaluation"].get("recall_k", 3),
+        fid_reference=fid_reference_arg,
     shell:
         "lct evaluate --checkpoint {input.checkpoint} --data {params.data} "
         "--experiment {wildcards.experiment} --nfe {wildcards.nfe} --num-samples {params.num_samples} "
         "--ema {params.ema} --ref {input.ref} {params.args} --recall-k {params.recall_k} "
-        "--out {output} > {log} 2>&1"
+        "{params.fid_reference} --out {output} > {log} 2>&1"
 
 
 # Figure 3: FID / Recall over training, one JSON per EMA snapshot (runs/<e>/snapshots/ema-*.pt).
