@@ -331,8 +331,12 @@ def _from_items(items: Iterator[tuple[str, bytes]], resolution: int, mode: str, 
 def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *, url: str | None = None,
             sha256: str | None = None, md5: str | None = None, path: str | None = None, flip: bool = False,
             skip_corrupt: bool = False, resize_method: str = "lanczos", channels: int = 3,
-            source_format: str | None = None, limit: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
-    """Build ``out/images.npy`` from one source; returns the images.json metadata."""
+            source_format: str | None = None, limit: int | None = None, cache_dir: str | None = None,
+            download_only: bool = False) -> dict[str, Any]:
+    """Build ``out/images.npy`` from one source; returns the images.json metadata.
+
+    `download_only` (URL sources): fetch and verify the archive into the cache, then stop; the
+    workflow does this on the login node, and the decoding later finds the verified file offline."""
     out = Path(out)
     if resize_method not in RESIZE_METHODS:
         raise DataError(f"--resize-method {resize_method!r}: choose one of {RESIZE_METHODS}")
@@ -364,10 +368,14 @@ def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *,
             cache = Path(cache_dir) if cache_dir else out / "download"
             local = cache / url.rstrip("/").split("/")[-1]
             download(url, local, sha256=sha256, md5=md5, config_key=f"datasets.{dataset}.source.sha256")
+            if download_only:
+                return {"dataset": dataset, "downloaded": str(local)}
             meta.update(source=url, download_sha256=sha256_file(local))
             path, source_kind = str(local), "archive"
             if fmt == "lmdb_zip":  # LSUN ships a zipped LMDB folder: unpack once, then read it as an LMDB
                 path, source_kind = str(_unzip_lmdb(local)), "lmdb"
+        elif download_only:
+            return {"dataset": dataset, "downloaded": None}  # nothing to download for a local source
         if path is None:
             raise DataError(f"--source-kind {source_kind} needs --path (config: datasets.{dataset}.source.path)")
         p = Path(path)
@@ -430,16 +438,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="keep only the first N images (sorted order)")
     ap.add_argument("--cache-dir", help="where downloads go (default <out>/download)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--download-only", action="store_true",
+                    help="URL sources: download and verify into the cache, then stop (the login-node step)")
     a = ap.parse_args(argv)
     try:
         meta = prepare(a.dataset, a.source_kind.replace("-", "_"), a.out, a.resolution, url=a.url, sha256=a.sha256,
                        md5=a.md5, path=a.path, flip=a.flip, skip_corrupt=a.skip_corrupt,
                        resize_method=a.resize_method, channels=a.channels, source_format=a.source_format,
-                       limit=a.limit, cache_dir=a.cache_dir)
+                       limit=a.limit, cache_dir=a.cache_dir, download_only=a.download_only)
     except (DataError, DownloadError) as e:
         print(f"lct prepare-data: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({k: meta[k] for k in ("dataset", "count", "shape", "skipped_corrupt") if k in meta}))
+    print(json.dumps({k: meta[k] for k in ("dataset", "count", "shape", "skipped_corrupt", "downloaded") if k in meta}))
     return 0
 
 

@@ -2,7 +2,8 @@
 
     lct train --config runs/<e>/experiment.yaml --data data/<ds>/latents/ --run-dir runs/<e>/ \
         [--set train.total_steps=1000 --set loss.distance=cauchy ...] [--device cpu|cuda]
-    torchrun --nproc_per_node 4 -m lct.train ...        # several GPUs: the same command
+    lct train ... --gpus 4          # several GPUs: starts `torchrun --standalone` with min(4, visible) ranks
+    torchrun --nproc_per_node 4 -m lct.cli train ...    # the same, launched by hand
 
 Contract with the workflow and the SLURM profile
 ------------------------------------------------
@@ -22,6 +23,9 @@ Contract with the workflow and the SLURM profile
   rank agrees on the stopping step, rank 0 saves, all ranks exit 3 (torchrun itself then reports
   a failure status, 1, which a retry treats the same way). torchrun forwards SIGTERM to its workers
   and kills them 30 s later, so a step plus a checkpoint must fit in 30 s there.
+* Settings changed (``--on-config-change supersede``, what the workflow passes): when the run
+  directory holds state of another config, it is moved to ``superseded-<time>/`` (never deleted)
+  and training starts afresh; the default ``error`` refuses instead.
 * Only ``final.pt`` is a workflow output; ``checkpoints/`` stays undeclared so Snakemake never
   deletes it when a job fails.
 """
@@ -461,12 +465,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs for this run: > 1 starts torchrun with min(N, visible GPUs) ranks; 0/1: one process")
+    p.add_argument("--on-config-change", choices=["error", "supersede"], default="error",
+                   help="the run dir holds state of another config: refuse (error) or move it aside and start "
+                        "afresh (supersede)")
     p.add_argument("--resources", default=None,
                    help="folder of `lct fetch-weights` (read only by loss.distance elatentlpips)")
     return p.parse_args(argv)
 
 
+STATE = ("checkpoints", "snapshots", "config.yaml", "log.jsonl", "loss.png")  # a run dir's resumable state
+
+
+def supersede_if_changed(cfg: ExperimentConfig, run_dir: str | Path) -> Path | None:
+    """When `run_dir` holds state of another config, move it to superseded-<time>/ (never deleted)."""
+    run_dir = Path(run_dir)
+    old_cfg = run_dir / "config.yaml"
+    if not old_cfg.is_file():
+        return None
+    from lct.config import load_experiment
+
+    if not _config_diff(load_experiment(old_cfg).to_dict(), cfg.to_dict()):
+        return None
+    dest = run_dir / time.strftime("superseded-%Y%m%d-%H%M%S")
+    dest.mkdir()
+    for name in STATE:
+        if (run_dir / name).exists():
+            (run_dir / name).rename(dest / name)
+    return dest
+
+
+def launch_torchrun(argv: list[str], gpus: int) -> None:
+    """Replace this process by `torchrun --standalone --nproc_per_node N -m lct.cli train ...` (N > 1).
+
+    exec, not a child: SIGTERM from SLURM reaches torchrun, which forwards it to every rank."""
+    import os
+
+    rest, skip = [], False
+    for a in argv:  # the same command without --gpus
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+           "-m", "lct.cli", "train", *rest]
+    print(f"lct train: {gpus} GPUs: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    os.execv(sys.executable, cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:  # everything that can be wrong with the command is checked before any work
         cfg = resolve_config(args.config, args.set)
@@ -474,6 +527,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"lct train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if "RANK" not in os.environ:  # the launching process (torchrun's ranks skip this)
+        if args.on_config_change == "supersede":
+            moved = supersede_if_changed(cfg, args.run_dir)
+            if moved is not None:
+                print(f"lct train: settings changed; previous state moved to {moved}", file=sys.stderr)
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        n = min(args.gpus or 0, visible)
+        if n > 1:
+            launch_torchrun(argv, n)
     try:
         train(cfg, args.data, args.run_dir, device=args.device, quiet=args.quiet, resources=args.resources)
     except Preempted as e:

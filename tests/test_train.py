@@ -201,3 +201,36 @@ def test_training_split_sets_the_iteration_count(tmp_path, capsys):
     too_many = make_experiment(tmp_path, preset="ilct", name="big", num_images=99)
     assert T.main(["--config", str(too_many), "--data", str(data), "--run-dir", str(tmp_path / "r2"), "--quiet"]) == 2
     assert "train.num_images = 99" in capsys.readouterr().err
+
+
+def test_changed_settings_supersede_the_old_state_or_are_refused(tmp_path, capsys):
+    """What the workflow relies on when an experiment's overrides change: `--on-config-change supersede`
+    moves the old state aside (never deleted) and trains afresh; the default refuses."""
+    data = make_dataset(tmp_path, n=16)
+    run = tmp_path / "run"
+    first = make_experiment(tmp_path, preset="ilct", name="a", total_steps=6, checkpoint_every=2, batch_size=4)
+    base = ["--data", str(data), "--run-dir", str(run), "--quiet"]
+    assert T.main(["--config", str(first)] + base) == 0
+    (run / "final.pt").unlink()  # as if it had been interrupted after its checkpoints
+    changed = make_experiment(tmp_path, preset="ilct", name="a", total_steps=6, checkpoint_every=2, batch_size=4,
+                              lr=3e-4)
+    assert T.main(["--config", str(changed)] + base) == 2
+    assert "different config" in capsys.readouterr().err
+    assert T.main(["--config", str(changed), "--on-config-change", "supersede"] + base) == 0
+    old = sorted(run.glob("superseded-*"))
+    assert len(old) == 1 and (old[0] / "checkpoints").is_dir() and (old[0] / "config.yaml").is_file()
+    assert "train.lr: 0.0001 -> 0.0003" in "\n".join(T._config_diff(
+        __import__("lct.config", fromlist=["x"]).load_experiment(old[0] / "config.yaml").to_dict(),
+        __import__("lct.config", fromlist=["x"]).load_experiment(run / "config.yaml").to_dict()))
+    assert torch.load(run / "final.pt", weights_only=True)["config"]["train"]["lr"] == 3e-4
+    # the same settings again: nothing is moved
+    assert T.main(["--config", str(changed), "--on-config-change", "supersede"] + base) == 0
+    assert len(sorted(run.glob("superseded-*"))) == 1
+
+
+def test_gpus_flag_runs_one_process_without_visible_gpus(tmp_path):
+    data = make_dataset(tmp_path, n=16)
+    cfg = make_experiment(tmp_path, preset="ilct", total_steps=2, batch_size=4)
+    run = tmp_path / "run"
+    assert T.main(["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--gpus", "4", "--quiet"]) == 0
+    assert torch.load(run / "final.pt", weights_only=True)["step"] == 2  # trained here, in this one process

@@ -113,6 +113,7 @@ wildcard_constraints:
     table=_alternation(TABLE_NAMES),
     nfe=r"\d+",
     vae=_alternation([v for v, d in config["vaes"].items() if d["kind"] == "train"]),
+    archive=r"[^/]+",
 
 
 def dataset_of(experiment):
@@ -264,6 +265,24 @@ def run_dir(wildcards):
 
 
 # ---- data ------------------------------------------------------------------------------------
+
+
+def dataset_dir(wildcards):
+    return f"{RESULTS}/data/{wildcards.dataset}"
+
+
+def download_path(dataset):
+    """Where prepare-data caches a URL source's archive (lct.data.prepare: <out>/download/<file>)."""
+    url = config["datasets"][dataset]["source"].get("url")
+    if config["datasets"][dataset]["source"]["kind"] != "url" or not url:
+        return None
+    return f"{RESULTS}/data/{dataset}/download/{Path(url).name}"
+
+
+def prepare_inputs(wildcards):
+    """A URL dataset's verified archive (rule download_data, login node); nothing for local sources."""
+    f = download_path(wildcards.dataset)
+    return [f] if f else []
 
 
 def source_args(wildcards):

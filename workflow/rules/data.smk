@@ -17,7 +17,27 @@ rule fetch_weights:
         "lct fetch-weights --out {params.out} {params.flags} > {log} 2>&1"
 
 
+# URL datasets (LSUN, CIFAR-10) are downloaded and checksum-verified here, on the login node
+# (a local rule): compute nodes have no internet. prepare_data then finds the verified archive.
+rule download_data:
+    output:
+        f"{RESULTS}/data/{{dataset}}/download/{{archive}}",
+    log:
+        f"{RESULTS}/logs/download_data/{{dataset}}-{{archive}}.log",
+    conda:
+        ENV
+    params:
+        source=source_args,
+        resolution=resolution,
+        out=dataset_dir,
+    shell:
+        "lct prepare-data --dataset {wildcards.dataset} {params.source} --resolution {params.resolution} "
+        "--out {params.out} --download-only > {log} 2>&1"
+
+
 rule prepare_data:
+    input:
+        prepare_inputs,
     output:
         f"{RESULTS}/data/{{dataset}}/images.npy",
     log:

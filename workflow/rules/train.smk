@@ -16,9 +16,9 @@ rule experiment_config:
 
 
 # Only final.pt is declared: checkpoints/ stay undeclared so a failed or preempted job never loses
-# them, and rerunning the same command resumes. Several GPUs: torchrun inside one job. When the
-# experiment's settings changed (its config differs from the run's), the old state is moved aside
-# (runs/<e>/superseded-<time>/), never deleted, and training starts afresh.
+# them, and rerunning the same command resumes. Several GPUs: `lct train --gpus N` starts torchrun
+# inside the one job. When the experiment's settings changed, `lct train --on-config-change
+# supersede` moves the old state aside (runs/<e>/superseded-<time>/, never deleted) and starts afresh.
 rule train:
     input:
         unpack(train_inputs),
@@ -28,23 +28,16 @@ rule train:
         f"{RESULTS}/logs/train/{{experiment}}.log",
     conda:
         ENV
+    resources:
+        gpu=0,  # the workflow profile sets the paper's 4; a site profile's --resources gpu caps it
     params:
         data=train_data_dir,
         run_dir=run_dir,
         res=RES,
     shell:
-        # Settings changed since the last attempt: keep the old state aside, start afresh.
-        "(if [ -f {params.run_dir}/config.yaml ] && ! cmp -s {input.config} {params.run_dir}/config.yaml; then "
-        "old={params.run_dir}/superseded-$(date +%Y%m%d-%H%M%S); mkdir -p $old; "
-        "for f in checkpoints snapshots config.yaml log.jsonl loss.png; do "
-        "[ ! -e {params.run_dir}/$f ] || mv {params.run_dir}/$f $old/; done; "
-        "echo lct workflow: settings changed, previous state moved to $old; fi; "
-        "if [ {resources.gpu} -gt 1 ]; then "
-        "torchrun --standalone --nproc_per_node {resources.gpu} -m lct.cli train "
-        "--config {input.config} --data {params.data} --run-dir {params.run_dir} --resources {params.res} --quiet; "
-        "else lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} "
-        "--resources {params.res} --quiet; "
-        "fi) >> {log} 2>&1"
+        "lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} "
+        "--resources {params.res} --gpus {resources.gpu} --on-config-change supersede --quiet "
+        ">> {log} 2>&1"
 
 
 # The demo's metric: a small digit classifier whose features replace Inception.
