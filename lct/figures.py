@@ -329,7 +329,7 @@ def figure_names(cfg: dict[str, Any]) -> list[str]:
 
 def report_page(cfg: dict[str, Any] | str | Path, results_dir: str | Path, out: str | Path) -> Path:
     """One Markdown page with every table (inlined) and figure (linked PNG, PDF beside it)."""
-    from lct.report import load_workflow_config
+    from lct.wfconfig import load_workflow_config
 
     cfg = load_workflow_config(cfg)
     results_dir, out = Path(results_dir), Path(out)
@@ -396,7 +396,7 @@ def add_subparsers(sub: Any) -> None:
 
 
 def run_subcommand(a: argparse.Namespace) -> int:
-    from lct.report import _strip_ext, load_workflow_config
+    from lct.wfconfig import load_workflow_config, strip_ext as _strip_ext
 
     if a.cmd == "figure":
         out = _strip_ext(a.out)

@@ -18,20 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lct.wfconfig import load_workflow_config, strip_ext as _strip_ext
+
 MISSING = "—"  # a reproduced cell not computed yet (footnoted)
 NOT_REPORTED = "n/r"  # the paper gives no number (footnoted)
-
-
-def load_workflow_config(config: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """The workflow config as a dict: a dict is returned as is, a path is read as YAML."""
-    if isinstance(config, dict):
-        return config
-    import yaml
-
-    path = Path(config)
-    if not path.is_file():
-        raise FileNotFoundError(f"workflow config {path} not found (the Snakefile writes results/<name>/config.resolved.yaml)")
-    return yaml.safe_load(path.read_text())
 
 
 def read_published(path: str | Path) -> list[dict[str, str]]:
@@ -286,12 +276,6 @@ def make_table(config: dict[str, Any] | str | Path, table: str, published: str |
                out: str | Path) -> list[Path]:
     """Build one table and write its .csv, .md and .tex files."""
     return write_table(build_table(config, table, published, eval_dir), out)
-
-
-def _strip_ext(p: str) -> str:
-    """Accept `tables/table2a` or `tables/table2a.csv` (Snakemake outputs name files)."""
-    path = Path(p)
-    return str(path.with_suffix("")) if path.suffix in (".csv", ".md", ".tex", ".png", ".pdf") else p
 
 
 def main(argv: list[str] | None = None) -> int:

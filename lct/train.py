@@ -466,7 +466,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--gpus", type=int, default=None,
-                   help="GPUs for this run: > 1 starts torchrun with min(N, visible GPUs) ranks; 0/1: one process")
+                   help="GPUs for this run: > 1 starts torchrun with min(N, visible GPUs) ranks (N gloo ranks on a "
+                        "machine without CUDA); 0/1: one process")
     p.add_argument("--on-config-change", choices=["error", "supersede"], default="error",
                    help="the run dir holds state of another config: refuse (error) or move it aside and start "
                         "afresh (supersede)")
@@ -532,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
             moved = supersede_if_changed(cfg, args.run_dir)
             if moved is not None:
                 print(f"lct train: settings changed; previous state moved to {moved}", file=sys.stderr)
-        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        n = min(args.gpus or 0, visible)
+        # GPUs: never more ranks than visible devices. No CUDA: the requested number of CPU ranks
+        # (gloo), which is how a CPU node or the test cluster runs the multi-GPU path.
+        n = min(args.gpus or 0, torch.cuda.device_count()) if torch.cuda.is_available() else (args.gpus or 0)
         if n > 1:
             launch_torchrun(argv, n)
     try:

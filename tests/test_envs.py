@@ -86,3 +86,40 @@ def test_rules_point_at_the_environment_file():
 @pytest.mark.parametrize("path", ["envs/requirements.txt", "envs/environment.yaml", "envs/setup.sh"])
 def test_env_files_exist(path):
     assert (ROOT / path).is_file(), f"{path} is missing"
+
+
+def test_every_third_party_import_of_lct_is_pinned_in_both_files():
+    """Each distribution `lct` imports (at module level or inside a function) is pinned for pip and conda."""
+    import ast
+    import importlib.metadata as md
+    import sys
+
+    mods = set()
+    for f in (ROOT / "lct").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                mods |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods.add(node.module.split(".")[0])
+    # pkg_resources: only tried, and replaced when missing (lct/_compat.py import_elatentlpips)
+    mods -= set(sys.stdlib_module_names) | {"lct", "pkg_resources"}
+    dists = md.packages_distributions()
+    pip, conda = pip_pins(), conda_pins()
+    missing = []
+    for m in sorted(mods):
+        names = [_norm(d) for d in dists.get(m, [m])]
+        for where, pins in (("envs/requirements.txt", pip), ("envs/environment.yaml", conda)):
+            if not any(n in pins or CONDA_NAMES.get(n, n) in pins or _norm(CONDA_NAMES.get(n, n)) in pins
+                       for n in names):
+                missing.append(f"{m} ({'/'.join(names)}) not in {where}")
+    assert not missing, missing
+
+
+def test_readme_conda_command_parses_with_the_target_as_a_target():
+    from snakemake.cli import get_argument_parser
+
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"`(snakemake --profile slurm [^`]*--sdm conda[^`]*)`", text)
+    assert m, "README documents the per-rule conda route"
+    args = get_argument_parser().parse_args(m.group(1).split()[1:])
+    assert args.targets == ["all_tables"] and [str(x).lower() for x in args.software_deployment_method] == ["conda"]

@@ -105,7 +105,7 @@ def test_table_demo_metric_is_not_called_fid(tmp_path):
 def test_table_errors_name_the_key(tmp_path):
     with pytest.raises(KeyError, match="tables"):
         report.make_table(PAPER_CFG, "table9z", PUBLISHED, tmp_path, tmp_path / "x")
-    with pytest.raises(FileNotFoundError, match="config.resolved.yaml"):
+    with pytest.raises(FileNotFoundError, match="configs/tables"):
         report.load_workflow_config(tmp_path / "missing.yaml")
 
 

@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "slurm" / "fake"
 PROFILE = ROOT / "profiles" / "slurm"
+WORKFLOW_PROFILE = ROOT / "workflow" / "profiles" / "default"
 
 
 def _flags(argv: list[str]) -> list[str]:
@@ -43,7 +44,7 @@ def submissions(tmp_path_factory) -> dict[str, list[str]]:
     env = dict(os.environ, PATH=f"{FAKE}:{os.environ['PATH']}", FAKE_SLURM_DIR=str(tmp / "state"),
                SBATCH_ACCOUNT="lct_ci", SBATCH_PARTITION="gpu")
     cmd = [sys.executable, "-m", "snakemake", "-s", "tests/slurm/Snakefile", "--profile", str(PROFILE),
-           "--config", f"out={tmp / 'out'}", "nfe=1", "steps=2", "step_seconds=0",
+           "--workflow-profile", str(WORKFLOW_PROFILE), "--config", f"out={tmp / 'out'}", "nfe=1", "steps=2", "step_seconds=0",
            "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "1",
            "--slurm-logdir", str(tmp / "slurm_logs")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
@@ -89,7 +90,10 @@ def test_profile_keeps_users_out_of_plugin_traps():
     assert prof["slurm-status-command"] == "squeue"  # sacct hangs without accounting / on scancel
     assert prof["retries"] >= 1  # TIMEOUT is only resubmitted through retries
     assert prof["slurm-requeue"] is True and prof["rerun-incomplete"] is True
-    for rule, res in prof["set-resources"].items():
+    assert "set-resources" not in prof and "set-threads" not in prof  # per-rule: the workflow profile
+    wprof = yaml.safe_load((WORKFLOW_PROFILE / "config.yaml").read_text())
+    assert "default-resources" not in wprof  # would hide the site profile's account and partition
+    for rule, res in wprof["set-resources"].items():
         assert "tasks" not in res, f"{rule}: `tasks` on a GPU rule makes one task per GPU"
         assert "--gres" not in str(res.get("slurm_extra", "")) and "--gpus" not in str(res.get("slurm_extra", ""))
     text = (PROFILE / "config.yaml").read_text().lower()
@@ -106,7 +110,8 @@ def test_profile_dry_run_without_slurm_binaries(tmp_path):
             (bin_dir / tool).symlink_to(found)
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{bin_dir}")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", "tests/slurm/Snakefile", "--profile",
-                           str(PROFILE), "-n", "--config", f"out={tmp_path / 'out'}"],
+                           str(PROFILE), "--workflow-profile", str(WORKFLOW_PROFILE), "-n",
+                           "--config", f"out={tmp_path / 'out'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train" in proc.stdout and "evaluate" in proc.stdout

@@ -228,9 +228,16 @@ def test_changed_settings_supersede_the_old_state_or_are_refused(tmp_path, capsy
     assert len(sorted(run.glob("superseded-*"))) == 1
 
 
-def test_gpus_flag_runs_one_process_without_visible_gpus(tmp_path):
+def test_gpus_flag_one_process_or_torchrun(tmp_path, monkeypatch):
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, preset="ilct", total_steps=2, batch_size=4)
     run = tmp_path / "run"
-    assert T.main(["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--gpus", "4", "--quiet"]) == 0
+    launched = []
+    monkeypatch.setattr(T, "launch_torchrun", lambda argv, n: launched.append((list(argv), n)))
+    monkeypatch.delenv("RANK", raising=False)
+    args = ["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--quiet"]
+    T.main(args + ["--gpus", "3"])  # no CUDA here: 3 gloo ranks requested -> torchrun with 3
+    assert launched and launched[0][1] == 3 and "--gpus" in launched[0][0]
+    launched.clear()
+    assert T.main(args + ["--gpus", "1"]) == 0 and not launched  # one GPU: trains in this process
     assert torch.load(run / "final.pt", weights_only=True)["step"] == 2  # trained here, in this one process

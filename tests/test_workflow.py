@@ -227,7 +227,18 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     for e in ("mini_ilct", "mini_slct"):
         assert (out / f"eval/{e}/nfe1.json").is_file()
         assert (out / f"runs/{e}/final.pt").is_file()
-    assert (out / "config.resolved.yaml").is_file()
+    assert (out / "configs/tables/table1a.yaml").is_file() and (out / "tables/table2a.csv").is_file()
+    # Snakemake's own report: every table and figure, with its caption
+    r = snakemake(_mini_args(cfg) + ["--report", str(tmp_path / "report.zip")], cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    for f in ("tables/table1a.csv", "tables/table2a.csv", "figures/fig2.png"):
+        assert any(n.endswith(f) for n in names), (f, names[:50])
+    html = "".join(zipfile.ZipFile(tmp_path / "report.zip").read(n).decode("utf-8", "replace")
+                   for n in names if n.endswith((".html", ".js")))
+    assert "Table 2a (CelebA-HQ, 1 NFE)" in html and "reading" in html
     # 4. Nothing left to do; then changing one experiment's settings reruns only that experiment.
     r = snakemake(_mini_args(cfg) + ["--dry-run", "all"], cwd=tmp_path)
     assert "Nothing to be done" in r.stdout, r.stdout[-2000:]
@@ -236,8 +247,10 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     cfg.write_text(yaml.safe_dump(changed))
     r = snakemake(_mini_args(cfg) + ["--dry-run", "all"], cwd=tmp_path)
     counts = job_counts(r.stdout)
-    assert counts.get("train") == 1 and counts.get("evaluate") == 1, counts
+    # exactly: that experiment's config, run and evaluation, and the one table citing it
+    assert counts == {"experiment_config": 1, "train": 1, "evaluate": 1, "table": 1, "all": 1}, counts
     assert "runs/mini_slct/final.pt" in r.stdout and "runs/mini_ilct/final.pt" not in r.stdout
+    assert "tables/table1a.csv" in r.stdout and "tables/table2a.csv" not in r.stdout
 
 
 def test_paper_config_writes_the_split_and_iteration_count(tmp_path):

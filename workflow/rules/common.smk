@@ -4,7 +4,13 @@ import json
 import re
 from pathlib import Path
 
-from lct.config import ConfigError, resolve_workflow_experiment
+from lct.wfconfig import (
+    canonical,
+    check_references,
+    figure_slice,
+    resolve_all,
+    table_slice,
+)
 
 RESULTS = f"results/{config['name']}"
 RES = config["resources_dir"]
@@ -24,77 +30,9 @@ def _fail(message):
     raise ValueError(f"workflow config: {message}")
 
 
-def _resolve_all():
-    """Resolve every experiment through lct.config once; a bad override stops the workflow."""
-    resolved = {}
-    for name, exp in config["experiments"].items():
-        if exp["dataset"] not in config["datasets"]:
-            _fail(
-                f"experiments.{name}.dataset = {exp['dataset']!r} is not a key of `datasets` "
-                f"({sorted(config['datasets'])})"
-            )
-        try:
-            resolved[name] = resolve_workflow_experiment(config, name)
-        except ConfigError as e:
-            _fail(f"experiments.{name}: {e}")
-    return resolved
-
-
-def _check_references():
-    """Every dataset, VAE and experiment a table or figure names must exist."""
-    exps, dsets, vaes = config["experiments"], config["datasets"], config["vaes"]
-    for ds, d in dsets.items():
-        if d["vae"] is not None and d["vae"] not in vaes:
-            _fail(
-                f"datasets.{ds}.vae = {d['vae']!r} is not a key of `vaes` ({sorted(vaes)})"
-            )
-    for v, d in vaes.items():
-        if d["kind"] == "train" and d["dataset"] not in dsets:
-            _fail(f"vaes.{v}.dataset = {d['dataset']!r} is not a key of `datasets`")
-    clf = config["evaluation"].get("classifier")
-    if clf and clf["dataset"] not in dsets:
-        _fail(
-            f"evaluation.classifier.dataset = {clf['dataset']!r} is not a key of `datasets`"
-        )
-    for t, table in config["tables"].items():
-        for i, row in enumerate(table["rows"]):
-            if row["experiment"] is not None and row["experiment"] not in exps:
-                _fail(
-                    f"tables.{t}.rows[{i}].experiment = {row['experiment']!r} is not a key of `experiments`"
-                )
-    figs = config["figures"]
-    named = []
-    if "fig1" in figs:
-        f1 = figs["fig1"]
-        named += [
-            ("fig1.latent_experiment", f1["latent_experiment"]),
-            ("fig1.pixel_experiment", f1["pixel_experiment"]),
-        ]
-        for key in ("latent_dataset", "pixel_dataset"):
-            if f1[key] not in dsets:
-                _fail(f"figures.fig1.{key} = {f1[key]!r} is not a key of `datasets`")
-        if dsets[f1["latent_dataset"]]["vae"] is None:
-            _fail(
-                f"figures.fig1.latent_dataset = {f1['latent_dataset']!r} has vae: null; it needs latents"
-            )
-    if "fig3" in figs:
-        named += [
-            (f"fig3.experiments[{k!r}]", e)
-            for k, e in figs["fig3"]["experiments"].items()
-        ]
-    if "samples" in figs:
-        named += [("samples.experiments", e) for e in figs["samples"]["experiments"]]
-    for where, e in named:
-        if e not in exps:
-            _fail(f"figures.{where} = {e!r} is not a key of `experiments`")
-    if "cell" in config and config["cell"] not in exps:
-        _fail(
-            f"--config cell={config['cell']!r} is not a key of `experiments` ({sorted(exps)})"
-        )
-
-
-_check_references()
-EXPERIMENTS = _resolve_all()
+# Cross-references and every experiment, checked in lct.wfconfig (tests/test_wfconfig.py).
+check_references(config)
+EXPERIMENTS = resolve_all(config)
 
 
 # ---- names and paths -------------------------------------------------------------------------
@@ -111,6 +49,7 @@ wildcard_constraints:
     experiment=_alternation(config["experiments"]),
     dataset=_alternation(config["datasets"]),
     table=_alternation(TABLE_NAMES),
+    figure="fig1|fig2|fig3",
     nfe=r"\d+",
     vae=_alternation([v for v, d in config["vaes"].items() if d["kind"] == "train"]),
     archive=r"[^/]+",
@@ -470,9 +409,18 @@ def table_inputs(wildcards):
     evals = sorted({eval_path(e, k) for e, k in table_cells(wildcards.table)})
     return {
         "evals": evals,
-        "config": f"{RESULTS}/config.resolved.yaml",
+        "config": f"{RESULTS}/configs/tables/{wildcards.table}.yaml",
         "published": config["published"],
     }
+
+
+def table_slice_json(wildcards):
+    """Only what one table reads: other experiments' or tables' changes leave it untouched."""
+    return canonical(table_slice(config, wildcards.table))
+
+
+def figure_slice_json(wildcards):
+    return canonical(figure_slice(config, wildcards.figure))
 
 
 def table_published(wildcards):
@@ -614,30 +562,24 @@ def sample_dirs(wildcards):
     return f"{RESULTS}/samples/{wildcards.experiment}/nfe{wildcards.nfe}"
 
 
-def resolved_config_json():
-    """The merged workflow config (what the report reads), canonical so it changes only with the config."""
-    # `cell` is a target choice, not a setting.
-    merged = {k: v for k, v in config.items() if k != "cell"}
-    return json.dumps(merged, sort_keys=True, default=str)
-
-
 def samples_grid(wildcards):
     return samples_cfg()["grid"]
 
 
-def write_experiment_config(resolved, path, log):
-    """The light `experiment_config` rule: resolved JSON (its params) -> YAML beside the runs."""
-    from lct.config import ExperimentConfig, save_experiment
-
-    save_experiment(ExperimentConfig.from_dict(json.loads(resolved)), path)
-    Path(log).write_text(f"wrote {path}\n")
+# ---- captions of Snakemake's report (snakemake --report report.html) --------------------------
 
 
-def write_resolved_config(merged, path, log):
-    """The merged workflow config, written to a temporary name then renamed."""
-    import yaml
+def table_caption(wildcards):
+    return report_caption(config, wildcards.table)
 
-    tmp = Path(path + ".tmp")
-    tmp.write_text(yaml.safe_dump(json.loads(merged), sort_keys=False))
-    tmp.replace(path)
-    Path(log).write_text(f"wrote {path}\n")
+
+def figure_caption(name):
+    def caption(wildcards):
+        return report_caption(config, name)
+
+    caption.__name__ = f"{name}_caption"
+    return caption
+
+
+def samples_caption(wildcards):
+    return report_caption(config, "samples", wildcards.experiment, int(wildcards.nfe))

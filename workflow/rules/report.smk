@@ -1,16 +1,27 @@
 # Report stage: tables beside the published numbers, figures, sample grids.
 
 
-# The merged workflow config, for the table and figure commands; rewritten only when it changes.
-rule resolved_config:
+# The slice of the workflow config one table or figure reads; rewritten only when that slice changes.
+rule table_config:
     output:
-        f"{RESULTS}/config.resolved.yaml",
+        f"{RESULTS}/configs/tables/{{table}}.yaml",
     log:
-        f"{RESULTS}/logs/resolved_config.log",
+        f"{RESULTS}/logs/table_config/{{table}}.log",
     params:
-        merged=resolved_config_json(),
+        content=table_slice_json,
     run:
-        write_resolved_config(params.merged, output[0], log[0])
+        write_yaml(params.content, output[0], log[0])
+
+
+rule figure_config:
+    output:
+        f"{RESULTS}/configs/figures/{{figure}}.yaml",
+    log:
+        f"{RESULTS}/logs/figure_config/{{figure}}.log",
+    params:
+        content=figure_slice_json,
+    run:
+        write_yaml(params.content, output[0], log[0])
 
 
 # Reproduced rows from eval/<experiment>/nfe<k>.json; rows with experiment: null are marked with their reason.
@@ -18,7 +29,12 @@ rule table:
     input:
         unpack(table_inputs),
     output:
-        f"{RESULTS}/tables/{{table}}.csv",
+        report(
+            f"{RESULTS}/tables/{{table}}.csv",
+            caption="../report/caption.rst",
+            category="Tables",
+            subcategory="{table}",
+        ),
         f"{RESULTS}/tables/{{table}}.md",
         f"{RESULTS}/tables/{{table}}.tex",
     log:
@@ -28,6 +44,7 @@ rule table:
     params:
         eval_dir=f"{RESULTS}/eval",
         out=output_prefix,
+        caption=table_caption,
     shell:
         "lct report table --table {wildcards.table} --config {input.config} --published {input.published} "
         "--eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
@@ -37,13 +54,20 @@ rule fig1_figure:
     input:
         unpack(fig1_inputs),
     output:
-        figure_files("fig1"),
+        report(
+            f"{RESULTS}/figures/fig1.png",
+            caption="../report/caption.rst",
+            category="Figures",
+            subcategory="fig1",
+        ),
+        f"{RESULTS}/figures/fig1.pdf",
     log:
         f"{RESULTS}/logs/figures/fig1.log",
     conda:
         ENV
     params:
         out=output_prefix,
+        caption=figure_caption("fig1"),
     shell:
         "lct report figure --figure fig1 --data-stats {input.data} --td-latent {input.td_latent} "
         "--td-pixel {input.td_pixel} --out {params.out} > {log} 2>&1"
@@ -52,13 +76,20 @@ rule fig1_figure:
 # The three robust losses and their derivatives: needs no data.
 rule fig2_figure:
     output:
-        figure_files("fig2"),
+        report(
+            f"{RESULTS}/figures/fig2.png",
+            caption="../report/caption.rst",
+            category="Figures",
+            subcategory="fig2",
+        ),
+        f"{RESULTS}/figures/fig2.pdf",
     log:
         f"{RESULTS}/logs/figures/fig2.log",
     conda:
         ENV
     params:
         out=output_prefix,
+        caption=figure_caption("fig2"),
     shell:
         "lct report figure --figure fig2 --out {params.out} > {log} 2>&1"
 
@@ -66,10 +97,16 @@ rule fig2_figure:
 rule fig3_figure:
     input:
         snapshots=fig3_inputs,
-        config=f"{RESULTS}/config.resolved.yaml",
+        config=f"{RESULTS}/configs/figures/fig3.yaml",
         data=fig3_data_file,
     output:
-        figure_files("fig3"),
+        report(
+            f"{RESULTS}/figures/fig3.png",
+            caption="../report/caption.rst",
+            category="Figures",
+            subcategory="fig3",
+        ),
+        f"{RESULTS}/figures/fig3.pdf",
     log:
         f"{RESULTS}/logs/figures/fig3.log",
     conda:
@@ -77,6 +114,7 @@ rule fig3_figure:
     params:
         out=output_prefix,
         curriculum=fig3_curriculum,
+        caption=figure_caption("fig3"),
     shell:
         "lct report figure --figure fig3 --config {input.config} --snapshots {input.snapshots} "
         "--data-file {input.data} {params.curriculum} --out {params.out} > {log} 2>&1"
@@ -86,7 +124,13 @@ rule sample_grid:
     input:
         sample_dirs,
     output:
-        f"{RESULTS}/figures/samples/{{experiment}}_nfe{{nfe}}.png",
+        report(
+            f"{RESULTS}/figures/samples/{{experiment}}_nfe{{nfe}}.png",
+            caption="../report/caption.rst",
+            category="Samples",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "NFE": "{nfe}"},
+        ),
     log:
         f"{RESULTS}/logs/figures/samples_{{experiment}}_nfe{{nfe}}.log",
     conda:
@@ -94,5 +138,6 @@ rule sample_grid:
     params:
         out=output_prefix,
         grid=samples_grid,
+        caption=samples_caption,
     shell:
         "lct report figure --figure grid --samples {input} --grid {params.grid} --out {params.out} > {log} 2>&1"

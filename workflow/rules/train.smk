@@ -12,7 +12,7 @@ rule experiment_config:
     params:
         resolved=experiment_json,
     run:
-        write_experiment_config(params.resolved, output[0], log[0])
+        write_experiment(params.resolved, output[0], log[0])
 
 
 # Only final.pt is declared: checkpoints/ stay undeclared so a failed or preempted job never loses
