@@ -8,6 +8,7 @@ from lct.wfconfig import (
     canonical,
     check_references,
     figure_slice,
+    report_caption,
     resolve_all,
     table_slice,
 )
