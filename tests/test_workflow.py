@@ -234,8 +234,8 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     import zipfile
 
     names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
-    for f in ("tables/table1a.csv", "tables/table2a.csv", "figures/fig2.png"):
-        assert any(n.endswith(f) for n in names), (f, names[:50])
+    for f in ("table1a.csv", "table2a.csv", "fig2.png"):
+        assert any(n.endswith("/" + f) for n in names), (f, names[:50])
     html = "".join(zipfile.ZipFile(tmp_path / "report.zip").read(n).decode("utf-8", "replace")
                    for n in names if n.endswith((".html", ".js")))
     assert "Table 2a (CelebA-HQ, 1 NFE)" in html and "reading" in html
@@ -246,7 +246,7 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     changed["experiments"]["mini_slct"]["overrides"] = {"loss": {"diffusion_r": 0.5}}
     cfg.write_text(yaml.safe_dump(changed))
     r = snakemake(_mini_args(cfg) + ["--dry-run", "all"], cwd=tmp_path)
-    counts = job_counts(r.stdout)
+    counts = {k: v for k, v in job_counts(r.stdout).items() if k != "total"}
     # exactly: that experiment's config, run and evaluation, and the one table citing it
     assert counts == {"experiment_config": 1, "train": 1, "evaluate": 1, "table": 1, "all": 1}, counts
     assert "runs/mini_slct/final.pt" in r.stdout and "runs/mini_ilct/final.pt" not in r.stdout
