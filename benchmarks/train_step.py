@@ -16,7 +16,8 @@ import time
 import torch
 
 from lct.config import resolve_experiment
-from lct.train import EMA, build_model, make_objective, make_optimizer
+from lct.model import EMA, build_model, make_optimizer
+from lct.train import make_objective
 
 
 def bench(size: str, batch: int, resolution: int, channels: int, device: torch.device, ot: bool, precision: str,

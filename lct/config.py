@@ -77,9 +77,11 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Optimizer betas.
     grad_clip: float | None = None  # Clip the global gradient norm; None disables.
     ema_decays: list[float] = field(default_factory=lambda: [0.99993])  # Evaluation EMAs (teacher is EMA 0).
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPU).
-    compile: bool = False  # torch.compile the network (GPU).
-    tf32: bool = False  # Allow TF32 matmuls (GPU).
+    # The fast path: each switch is None = on with CUDA, off elsewhere (the authors ran fp32, eager, NCHW).
+    precision: str = "auto"  # UNet autocast: "bf16", "fp32", or "auto" (bf16 on CUDA); its output is float32.
+    compile: bool | None = None  # torch.compile the UNet (online and target passes share it).
+    tf32: bool | None = None  # TF32 matmuls / convolutions in the float32 parts.
+    channels_last: bool | None = None  # channels_last memory format for the UNet and its inputs.
     seed: int = 0  # Seed; per-step streams derive from (seed, rank, step).
     checkpoint_every: int = 2000  # Save a resumable checkpoint every N steps.
     keep_checkpoints: int = 3  # Keep the last N resumable checkpoints.
@@ -346,7 +348,7 @@ CHOICES: dict[str, set[str]] = {
     "loss.c": {"fixed", "adaptive", "as_coded"},
     "loss.diffusion_variant": {"paper", "as_coded"},
     "train.optimizer": {"radam", "adam"},
-    "train.precision": {"fp32", "bf16"},
+    "train.precision": {"fp32", "bf16", "auto"},
 }
 
 

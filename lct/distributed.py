@@ -59,10 +59,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_true(flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any rank (keeps ranks in lock-step)."""
+def any_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any rank (keeps ranks in lock-step). A 0-d tensor flag is
+    reduced on its device and read once: one host synchronisation in all."""
     if not dist.is_initialized():
-        return flag
+        return bool(flag)
+    if isinstance(flag, torch.Tensor):
+        t = flag.detach().float().reshape(1).to(device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)

@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"lct evaluate: {a.ref} holds {ref['recall_feature']!r} Recall features, not --recall-feature "
                          f"{a.recall_feature}; rerun `lct ref-stats --recall-feature {a.recall_feature}`")
     from lct.sample import iter_samples
-    from lct.train import load_checkpoint_model
+    from lct.model import load_checkpoint_model
     from lct.vae import load_codec
 
     modes = a.fid_modes or [str(m) for m in ref["fd_modes"]]

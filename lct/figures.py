@@ -306,7 +306,7 @@ def samples_grid(checkpoint: str | Path, data: str | Path, nfe: int, grid: int, 
     """Fixed-seed (seed_offset + k) uncurated samples of one checkpoint at one NFE."""
     from lct.evaluate import pick_device
     from lct.sample import iter_samples
-    from lct.train import load_checkpoint_model
+    from lct.model import load_checkpoint_model
     from lct.vae import load_codec
 
     dev = pick_device(device)

@@ -1,7 +1,7 @@
 """Training objectives as objects (edm `training/loss.py` style).
 
 `__call__(net, x0, noise, step, generator=None)` returns the unreduced per-sample loss [B] and a
-dict of floats worth logging; the training loop takes the mean and calls backward. All
+dict of values worth logging (floats, or 0-d device tensors read only at logging time); the training loop takes the mean and calls backward. All
 randomness comes from `generator` (default: a CPU generator seeded from (train.seed, step)), so
 a resumed run repeats the same stream.
 """
@@ -115,11 +115,12 @@ class ConsistencyObjective:
                 raise ValueError(f"loss.diffusion_variant = {lcfg.diffusion_variant!r}; choose paper or as_coded")
             loss = loss + lcfg.diffusion_weight * loss_diff
 
+        # Device values stay tensors (no host sync here); the loop reads them every log_every steps.
         logs = {
             "N": float(n),
             "c": float(c),
-            "loss_ct": float(loss_ct.detach().mean()),
-            "loss_diff": float(loss_diff.detach().sum() / max(n_sel, 1)) if lcfg.diffusion_loss else 0.0,
+            "loss_ct": loss_ct.detach().mean(),
+            "loss_diff": loss_diff.detach().sum() / max(n_sel, 1) if lcfg.diffusion_loss else 0.0,
             "diff_frac": n_sel / b,
             "ot_time_s": ot_time,
         }
@@ -146,7 +147,7 @@ class DenoisingObjective:
         # lambda(sigma) ||D(x0 + sigma z, sigma) - x0||^2, lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2   (EDM)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
         loss = weight * squared_norm(denoised, x0, self.cfg.loss.reduction)
-        logs = {"N": 0.0, "c": 0.0, "loss_ct": 0.0, "loss_diff": float(loss.detach().mean()), "ot_time_s": 0.0}
+        logs = {"N": 0.0, "c": 0.0, "loss_ct": 0.0, "loss_diff": loss.detach().mean(), "ot_time_s": 0.0}
         return loss, logs
 
 

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lct sample: error: {e}", file=sys.stderr)
         return 2
     from lct.config import ConfigError
-    from lct.train import load_checkpoint_model
+    from lct.model import load_checkpoint_model
 
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:

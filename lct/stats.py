@@ -82,7 +82,7 @@ def td_stats(checkpoint: str | Path, data: str | Path | None = None, num_timeste
     """TD values f(x0 + t_{i+1} z, t_{i+1}) - f(x0 + t_i z, t_i) over all adjacent pairs of the grid."""
     from lct.data import load_training_data
     from lct.schedules import karras_sigmas
-    from lct.train import load_checkpoint_model
+    from lct.model import load_checkpoint_model
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, info = load_checkpoint_model(checkpoint, ema="online", device=device)

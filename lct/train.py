@@ -48,13 +48,15 @@ import torch
 from lct import checkpoint as ckio
 from lct import distributed as ddist
 from lct.config import ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
+from lct.model import EMA, build_model, load_checkpoint_model, make_optimizer  # noqa: F401 (re-exported)
 from lct.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
 
 EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS = 0, 2, 3, 4
 
 # Fields that may change between a checkpoint and the resuming command (cadence, not the math).
 RESUME_MAY_CHANGE = {"name", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                     "train.snapshot_every", "train.num_workers", "train.compile", "train.max_bad_steps"}
+                     "train.snapshot_every", "train.num_workers", "train.compile", "train.max_bad_steps",
+                     "train.tf32", "train.channels_last"}
 
 
 class Preempted(Exception):
@@ -168,45 +170,6 @@ class DataOrder:
                 "global_batch": self.B}
 
 
-# ----------------------------------------------------------------------------- EMA, optimizer
-
-
-class EMA:
-    """Evaluation EMAs of the online weights, keyed by the decay as a string ("0.99993")."""
-
-    def __init__(self, model: torch.nn.Module, decays: list[float]) -> None:
-        self.decays = {f"{d}": float(d) for d in decays}
-        self.shadows = {k: {n: t.detach().clone() for n, t in model.state_dict().items()} for k in self.decays}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        sd = model.state_dict()
-        for k, decay in self.decays.items():
-            sh = self.shadows[k]
-            floats = [n for n, t in sh.items() if t.is_floating_point()]
-            torch._foreach_lerp_([sh[n] for n in floats], [sd[n].detach() for n in floats], 1.0 - decay)
-            for n, t in sh.items():
-                if not t.is_floating_point():
-                    t.copy_(sd[n])
-
-    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return self.shadows
-
-    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
-        missing = sorted(set(self.decays) - set(state))
-        if missing:
-            raise ConfigError(f"checkpoint lacks EMA(s) {missing}; it holds {sorted(state)}")
-        for k in self.decays:
-            for n, t in self.shadows[k].items():
-                t.copy_(state[k][n])
-
-
-def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
-    t = cfg.train
-    opt = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[t.optimizer]
-    return opt(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-
-
 def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | None = None):
     """The loss object (lct.objectives); a seam where tests wrap the objective."""
     from lct.objectives import build_objective
@@ -214,10 +177,27 @@ def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | Non
     return build_objective(cfg, total_steps, resources)
 
 
-def build_model(cfg: ExperimentConfig, img_resolution: int, in_channels: int) -> torch.nn.Module:
-    from lct.precond import build_model as _build
+def fast_path(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
+    """Which parts of the fast path are on: each train switch, or (None / "auto") on with CUDA."""
+    t, cuda = cfg.train, device.type == "cuda"
 
-    return _build(cfg, img_resolution, in_channels)
+    def pick(v: bool | None) -> bool:
+        return cuda if v is None else bool(v)
+
+    precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
+    return {"precision": precision, "compile": pick(t.compile), "tf32": pick(t.tf32),
+            "channels_last": pick(t.channels_last)}
+
+
+def configure_fast_path(model: torch.nn.Module, fast: dict[str, Any], device: torch.device) -> None:
+    """bf16 autocast around the UNet only (its output is cast back to float32 before the
+    preconditioning and the losses), TF32 for the float32 parts, channels_last weights."""
+    model.autocast_dtype = torch.bfloat16 if fast["precision"] == "bf16" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = fast["tf32"]
+        torch.backends.cudnn.allow_tf32 = fast["tf32"]
+    if fast["channels_last"]:
+        model.to(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager
@@ -273,9 +253,6 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         if dev.type == "cuda" and data.numel() * 4 <= 8 << 30:
             data = data.to(dev)  # encoded latents fit on the GPU: no host-to-device copy per step
         total = total_steps_for(cfg, n)
-        if dev.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = t.tf32
-            torch.backends.cudnn.allow_tf32 = t.tf32
 
         with _fork_rng(dev):  # weights depend on train.seed only, identical on every rank
             torch.manual_seed(t.seed)
@@ -317,9 +294,9 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                       f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
                                                             if latest else "starting"), file=sys.stderr)
 
-        net: torch.nn.Module = model
-        if t.compile:
-            net = torch.compile(net)
+        fast = fast_path(cfg, dev)
+        configure_fast_path(model, fast, dev)
+        net: torch.nn.Module = torch.compile(model) if fast["compile"] else model  # online and target share it
         if world > 1:
             # No buffer broadcast: the UNet's buffers are constants, and the objective may run a
             # different number of forward passes per rank (the diffusion loss only when its local
@@ -328,9 +305,9 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
                        else {"broadcast_buffers": False})  # the older name (torch < 2.13)
             net = ddp(net, device_ids=[dev.index] if dev.type == "cuda" else None, **no_sync)
-        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
+        memory_format = torch.channels_last if fast["channels_last"] else torch.contiguous_format
 
         def save(step: int) -> None:
             if dinfo.is_main:
@@ -342,6 +319,30 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                 ckio.prune(run_dir, t.keep_checkpoints)
             ddist.barrier()  # no rank leaves (e.g. on preemption) before the file is complete
 
+        def batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+            """x0, its noise and the objective's generator, all seeded by (seed, rank, step)."""
+            x0 = data[order.indices(step)].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
+            noise = torch.randn(x0.shape, generator=torch.Generator(dev).manual_seed(step_seed(t.seed, rank, step)),
+                                device=dev).contiguous(memory_format=memory_format)
+            return x0, noise, torch.Generator().manual_seed(step_seed(t.seed, rank, step, stream=2))
+
+        def forward_backward(step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+            """Loss, gradient norm (device tensors) and logs; backward always runs, so every rank
+            all-reduces its gradients and a non-finite loss shows up in the norm on every rank."""
+            x0, noise, gen = batch(step)
+            with _fork_rng(dev):  # dropout and any module randomness: also from (seed, rank, step)
+                torch.manual_seed(step_seed(t.seed, rank, step, stream=1))
+                per_sample, logs = objective(net, x0, noise, step, generator=gen)
+                loss = per_sample.float().mean()
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # no sync: a tensor
+            return loss.detach(), grad_norm, logs
+
+        def update() -> None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(model)
+
         bar = ProgressBar(start, total, enabled=dinfo.is_main and not quiet)
         window, t_window, steps_window = Averager(), time.perf_counter(), 0
         if dev.type == "cuda":
@@ -349,24 +350,11 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         model.train()
         with _stop_signals() as stop:
             for step in range(start, total):
-                x0 = data[order.indices(step)].to(dev, non_blocking=True)
-                noise_gen = torch.Generator(dev).manual_seed(step_seed(t.seed, rank, step))
-                noise = torch.randn(x0.shape, generator=noise_gen, device=dev)
-                gen = torch.Generator().manual_seed(step_seed(t.seed, rank, step, stream=2))  # objective: CPU
-                with _fork_rng(dev):  # dropout and any module randomness: also from (seed, rank, step)
-                    torch.manual_seed(step_seed(t.seed, rank, step, stream=1))
-                    with autocast:
-                        per_sample, logs = objective(net, x0, noise, step, generator=gen)
-                    loss = per_sample.float().mean()
-                    bad = ddist.any_true(not bool(torch.isfinite(loss)), dev)
-                    if not bad:
-                        loss.backward()
-                grad_norm = float("nan")
-                if not bad:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                    bad = not math.isfinite(grad_norm)  # grads are all-reduced: every rank agrees
+                loss, grad_norm, logs = forward_backward(step)
+                # The NaN guard: the one host synchronisation of a step (every rank agrees).
+                bad = ddist.any_true(~(torch.isfinite(loss) & torch.isfinite(grad_norm)), dev)
                 if bad:
-                    opt.zero_grad(set_to_none=True)
+                    opt.zero_grad(set_to_none=True)  # skip the step
                     bad_total, bad_run = bad_total + 1, bad_run + 1
                     if bad_run >= t.max_bad_steps:
                         last = ckio.latest_checkpoint(run_dir)
@@ -375,23 +363,20 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                             f"(train.max_bad_steps = {t.max_bad_steps}); the last good checkpoint is "
                             f"{last or 'none'}. Lower train.lr, set train.grad_clip, or check the data.")
                 else:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    ema.update(model)
+                    update()
                     bad_run = 0
-                logs = {**{k: float(v) for k, v in logs.items()}, "loss": float(loss.detach()), "grad_norm": grad_norm}
-                window.add(logs)
+                    window.add({**logs, "loss": loss, "grad_norm": grad_norm})
                 steps_window += 1
-                bar.update(logs)
                 done = step + 1
                 if done % t.log_every == 0 or done == total:
-                    rec = ddist.mean_scalars(window.pop(), dev)
+                    rec = ddist.mean_scalars(window.pop(), dev)  # device values are read here only
                     elapsed = time.perf_counter() - t_window
                     rec.update(step=done, epoch=done * t.batch_size / n, lr=opt.param_groups[0]["lr"],
                                images_per_s=steps_window * t.batch_size / max(elapsed, 1e-9),
                                bad_steps=bad_total, peak_mem_mb=_peak_mem_mb(dev), time=time.time())
                     if dinfo.is_main:
                         log.write({"step": done, **{k: v for k, v in rec.items() if k != "step"}})
+                    bar.update(rec, steps_window)
                     t_window, steps_window = time.perf_counter(), 0
                 if t.snapshot_every and done % t.snapshot_every == 0 and dinfo.is_main:
                     ckio.save_atomic({"kind": "snapshot", "config": cfg.to_dict(), "step": done,
@@ -421,36 +406,6 @@ def _peak_mem_mb(dev: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-# ----------------------------------------------------------------------------- loading weights
-
-
-def load_checkpoint_model(path: str | Path, ema: str = "0.99993", device: str | torch.device = "cpu"
-                          ) -> tuple[torch.nn.Module, ExperimentConfig, dict[str, Any]]:
-    """(model in eval mode, config, info) from final.pt, a ckpt-*.pt or a snapshot.
-
-    `ema` is a decay string as written in the config ("0.99993") or "online" for the raw weights.
-    info: {"step", "ema", "path", "data": {"path", "shape", ...}}.
-    """
-    state = ckio.load(path)
-    cfg = ExperimentConfig.from_dict(state["config"], where=f"{path} config")
-    if ema == "online":
-        if "model" not in state:
-            raise ConfigError(f"{path} holds only EMA weights {sorted(state['ema'])}; pass --ema one of them")
-        weights = state["model"]
-    else:
-        key = f"{float(ema)}" if ema.replace(".", "", 1).isdigit() else ema
-        if key not in state.get("ema", {}):
-            raise ConfigError(f"{path}: no EMA {ema!r}; it holds {sorted(state.get('ema', {}))} and 'online'")
-        weights = state["ema"][key]
-    shape = state["data"]["shape"]
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(cfg, shape[2], shape[1])
-    model.load_state_dict(weights)
-    model.to(device).eval().requires_grad_(False)
-    info = {"step": int(state["step"]), "ema": ema, "path": str(path), "data": state["data"]}
-    return model, cfg, info
 
 
 # ----------------------------------------------------------------------------- command line

@@ -28,34 +28,40 @@ class ProgressBar:
         self.bar = tqdm(total=total, initial=start, disable=not enabled, unit="it", dynamic_ncols=True,
                         mininterval=0.5 if interactive else 30.0, smoothing=0.05)
 
-    def update(self, logs: dict[str, float]) -> None:
-        post = {"loss": f"{logs.get('loss', float('nan')):.4g}"}
-        if "N" in logs:
-            post["N"] = int(logs["N"])
-        if "c" in logs:
-            post["c"] = f"{logs['c']:.3g}"
-        self.bar.set_postfix(post, refresh=False)
-        self.bar.update(1)
+    def update(self, logs: dict[str, float] | None = None, steps: int = 1) -> None:
+        """Advance `steps`; `logs` (window averages, read at logging time) refresh the shown values."""
+        if logs:
+            post = {"loss": f"{logs.get('loss', float('nan')):.4g}"}
+            if "N" in logs:
+                post["N"] = int(logs["N"])
+            if "c" in logs:
+                post["c"] = f"{logs['c']:.3g}"
+            self.bar.set_postfix(post, refresh=False)
+        self.bar.update(steps)
 
     def close(self) -> None:
         self.bar.close()
 
 
 class Averager:
-    """Mean of each numeric log value over a window of steps."""
+    """Mean of each numeric log value over a window of steps. 0-d tensors are summed where they live
+    (no host synchronisation per step) and read once, in `pop`."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict[str, Any] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
 
     def add(self, logs: dict[str, Any]) -> None:
         for k, v in logs.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            if hasattr(v, "detach"):  # a tensor: summed on its device
+                self.sums[k] = self.sums[k] + v.detach().float()
+                self.counts[k] += 1
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
                 self.sums[k] += float(v)
                 self.counts[k] += 1
 
     def pop(self) -> dict[str, float]:
-        out = {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
+        out = {k: float(self.sums[k]) / self.counts[k] for k in self.sums if self.counts[k]}
         self.sums.clear()
         self.counts.clear()
         return out

@@ -1,0 +1,86 @@
+"""The model side of a run, shared by training and everything that reads its weights: building the
+preconditioned UNet from a config, the evaluation EMAs, the optimizer, and loading weights from a
+checkpoint. `lct sample`, `lct evaluate`, `lct stats` and the figures import this module, not the
+training loop (lct/train.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lct import checkpoint as ckio
+from lct.config import ConfigError, ExperimentConfig
+
+
+def build_model(cfg: ExperimentConfig, img_resolution: int, in_channels: int) -> torch.nn.Module:
+    """f_theta of eq. 2 (consistency) or the EDM denoiser (denoising) around the configured UNet."""
+    from lct.precond import build_model as _build
+
+    return _build(cfg, img_resolution, in_channels)
+
+
+class EMA:
+    """Evaluation EMAs of the online weights, keyed by the decay as a string ("0.99993")."""
+
+    def __init__(self, model: torch.nn.Module, decays: list[float]) -> None:
+        self.decays = {f"{d}": float(d) for d in decays}
+        self.shadows = {k: {n: t.detach().clone() for n, t in model.state_dict().items()} for k in self.decays}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        sd = model.state_dict()
+        for k, decay in self.decays.items():
+            sh = self.shadows[k]
+            floats = [n for n, t in sh.items() if t.is_floating_point()]
+            torch._foreach_lerp_([sh[n] for n in floats], [sd[n].detach() for n in floats], 1.0 - decay)
+            for n, t in sh.items():
+                if not t.is_floating_point():
+                    t.copy_(sd[n])
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return self.shadows
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        missing = sorted(set(self.decays) - set(state))
+        if missing:
+            raise ConfigError(f"checkpoint lacks EMA(s) {missing}; it holds {sorted(state)}")
+        for k in self.decays:
+            for n, t in self.shadows[k].items():
+                t.copy_(state[k][n])
+
+
+def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    opt = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[t.optimizer]
+    # foreach: one multi-tensor kernel per update over all parameters (the same math as the loop form)
+    return opt(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, foreach=True)
+
+
+def load_checkpoint_model(path: str | Path, ema: str = "0.99993", device: str | torch.device = "cpu"
+                          ) -> tuple[torch.nn.Module, ExperimentConfig, dict[str, Any]]:
+    """(model in eval mode, config, info) from final.pt, a ckpt-*.pt or a snapshot.
+
+    `ema` is a decay string as written in the config ("0.99993") or "online" for the raw weights.
+    info: {"step", "ema", "path", "data": {"path", "shape", ...}}.
+    """
+    state = ckio.load(path)
+    cfg = ExperimentConfig.from_dict(state["config"], where=f"{path} config")
+    if ema == "online":
+        if "model" not in state:
+            raise ConfigError(f"{path} holds only EMA weights {sorted(state['ema'])}; pass --ema one of them")
+        weights = state["model"]
+    else:
+        key = f"{float(ema)}" if ema.replace(".", "", 1).isdigit() else ema
+        if key not in state.get("ema", {}):
+            raise ConfigError(f"{path}: no EMA {ema!r}; it holds {sorted(state.get('ema', {}))} and 'online'")
+        weights = state["ema"][key]
+    shape = state["data"]["shape"]
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg, shape[2], shape[1])
+    model.load_state_dict(weights)
+    model.to(device).eval().requires_grad_(False)
+    info = {"step": int(state["step"]), "ema": ema, "path": str(path), "data": state["data"]}
+    return model, cfg, info
