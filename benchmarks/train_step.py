@@ -1,10 +1,14 @@
-"""Images per second of one `lct train` step (objective, backward, RAdam, EMA) for a UNet size.
+"""One `lct train` step (objective, backward, RAdam, EMA): the authors' settings against the fast path.
 
-    python benchmarks/train_step.py --size tiny --batch 32 --resolution 32 --channels 4 [--device cuda]
+    python benchmarks/train_step.py                                  # paper UNet, paper batch, this device
+    python benchmarks/train_step.py --size tiny --batch 16 --steps 3 # a CPU check in under a minute
 
-Runs the sLCT objective with and without minibatch OT, in fp32 and (where the device supports it)
-bf16 autocast, and prints one line per variant plus a JSON summary. The batch is Gaussian data of
-the latent shape: the step's cost does not depend on the values (OT solves the same-size problem).
+Prints, for the UNet at the given batch on the current device: images/s of the authors' settings
+(fp32, eager, NCHW) and of the fast path (lct.train.fast_path on this device: bf16 autocast around
+the UNet, channels_last, torch.compile, TF32), their ratio, the achieved TFLOP/s from the FLOPs of
+one step counted by torch's FlopCounterMode, the utilisation against the device's dense peak, and
+OT's share of a step at batch 128. The data are Gaussian latents of the training shape (the cost of
+a step does not depend on the values). One process, one device: run it on the cluster's GPU.
 """
 
 from __future__ import annotations
@@ -17,88 +21,123 @@ import torch
 
 from lct.config import resolve_experiment
 from lct.model import EMA, build_model, make_optimizer
-from lct.train import make_objective
+from lct.train import configure_fast_path, fast_path, make_objective
+
+# Dense peaks (TFLOP/s, no sparsity) from the vendors' data sheets, for the utilisation column.
+PEAKS_TFLOPS = {
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "H100": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},  # SXM
+    "H200": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},  # same compute as H100 SXM
+}
 
 
-def bench(size: str, batch: int, resolution: int, channels: int, device: torch.device, ot: bool, precision: str,
-          steps: int, warmup: int) -> dict:
-    cfg = resolve_experiment("slct", {"network": {"size": size},
-                                      "loss": {"ot": ot}, "train": {"total_steps": 10_000, "batch_size": batch}})
+def device_peak(device: torch.device, precision: str, tf32: bool) -> tuple[str, float | None]:
+    if device.type != "cuda":
+        return "CPU (no reference peak; utilisation not computed)", None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAKS_TFLOPS.items():
+        if key in name:
+            kind = "bf16" if precision == "bf16" else ("tf32" if tf32 else "fp32")
+            return f"{name} dense {kind} peak {peaks[kind]:.0f} TFLOP/s", peaks[kind]
+    return f"{name} (not in the peak table)", None
+
+
+def make_step(size: str, batch: int, resolution: int, channels: int, device: torch.device, fast: dict, ot: bool = True):
+    cfg = resolve_experiment("slct", {"network": {"size": size}, "loss": {"ot": ot},
+                                      "train": {"total_steps": 10_000, "batch_size": batch}}, reading="as_coded")
     torch.manual_seed(0)
     model = build_model(cfg, resolution, channels).to(device)
+    configure_fast_path(model, fast, device)
+    net = torch.compile(model) if fast["compile"] else model
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     ema = EMA(model, cfg.train.ema_decays)
     objective = make_objective(cfg, cfg.train.total_steps)
+    mf = torch.channels_last if fast["channels_last"] else torch.contiguous_format
     g = torch.Generator(device).manual_seed(0)
-    x0 = torch.randn(batch, channels, resolution, resolution, generator=g, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    x0 = torch.randn(batch, channels, resolution, resolution, generator=g, device=device).contiguous(memory_format=mf)
+    params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(k: int) -> None:
-        noise = torch.randn(x0.shape, generator=g, device=device)
-        with autocast:
-            loss, _ = objective(model, x0, noise, 5_000 + k, generator=torch.Generator().manual_seed(k))
-        loss.float().mean().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    def step(k: int) -> dict:
+        noise = torch.randn(x0.shape, generator=g, device=device).contiguous(memory_format=mf)
+        per_sample, logs = objective(net, x0, noise, 5_000 + k, generator=torch.Generator().manual_seed(k))
+        per_sample.float().mean().backward()
+        torch.nn.utils.clip_grad_norm_(params, float("inf"), foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(model)
+        return logs
 
+    return step, sum(p.numel() for p in params)
+
+
+def timed(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step, OT seconds per step)."""
     for k in range(warmup):
         step(k)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    t0, ot = time.perf_counter(), 0.0
     for k in range(steps):
-        step(warmup + k)
+        ot += float(step(warmup + k).get("ot_time_s", 0.0))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
-    params = sum(p.numel() for p in model.parameters())
-    return {"size": size, "params": params, "batch": batch, "shape": [channels, resolution, resolution],
-            "device": str(device), "ot": ot, "precision": precision, "s_per_step": dt / steps,
-            "images_per_s": batch * steps / dt}
+    return (time.perf_counter() - t0) / steps, ot / steps
+
+
+def count_flops(size: str, batch: int, resolution: int, channels: int, device: torch.device) -> float:
+    """FLOPs of one eager fp32 step (the same arithmetic in every variant)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step, _ = make_step(size, batch, resolution, channels, device,
+                        {"precision": "fp32", "compile": False, "tf32": False, "channels_last": False})
+    with FlopCounterMode(display=False) as fc:
+        step(0)
+    return float(fc.get_total_flops())
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", nargs="+", default=["tiny"], help="UNet size(s): tiny small paper")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", default="paper", help="UNet size: paper (default), small, tiny")
+    p.add_argument("--batch", type=int, default=128, help="global batch (paper: 128)")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--channels", type=int, default=4)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps (torch.compile compiles in the first)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on a CPU")
-    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precisions = ["fp32"]
-    if (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (device.type == "cpu" and a.cpu_bf16):
-        precisions.append("bf16")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # as `lct train` by default
-        torch.backends.cudnn.allow_tf32 = False
-    results = []
-    for size in a.size:
-        for precision in precisions:
-            for ot in (False, True):
-                try:
-                    r = bench(size, a.batch, a.resolution, a.channels, device, ot, precision, a.steps, a.warmup)
-                except RuntimeError as e:  # e.g. an op without a bf16 kernel on this device
-                    print(f"{size:6s} {device.type} {precision} OT {ot}: failed: {str(e).splitlines()[0]}", flush=True)
-                    results.append({"size": size, "device": str(device), "ot": ot, "precision": precision,
-                                    "error": str(e).splitlines()[0]})
-                    continue
-                results.append(r)
-                print(f"{size:6s} {r['params'] / 1e6:7.2f}M  batch {a.batch:4d}  {device.type:4s} {precision}  "
-                      f"OT {'on ' if ot else 'off'}  {r['images_per_s']:9.1f} img/s  {r['s_per_step'] * 1e3:8.1f} ms/step",
-                      flush=True)
+    authors = {"precision": "fp32", "compile": False, "tf32": False, "channels_last": False}
+    cfg = resolve_experiment("slct", {"train": {"total_steps": 1}})
+    fast = fast_path(cfg, device)
+    flops = count_flops(a.size, a.batch, a.resolution, a.channels, device)
+    rows = {}
+    for name, switches in (("authors (fp32, eager, NCHW)", authors), (f"fast path {fast}", fast)):
+        step, n_params = make_step(a.size, a.batch, a.resolution, a.channels, device, switches)
+        s, ot = timed(step, a.steps, a.warmup, device)
+        label, peak = device_peak(device, switches["precision"], switches["tf32"])
+        tflops = flops / s / 1e12
+        rows[name] = {"images_per_s": a.batch / s, "s_per_step": s, "tflops": tflops,
+                      "utilisation": tflops / peak if peak else None, "peak": label, "ot_s_per_step": ot}
+        util = f"{100 * tflops / peak:5.1f}% of {label}" if peak else label
+        print(f"{name:60s} {a.batch / s:9.1f} img/s  {s * 1e3:8.1f} ms/step  {tflops:7.2f} TFLOP/s  {util}", flush=True)
+    (na, ra), (nf, rf) = rows.items()
+    print(f"UNet {a.size!r} ({n_params / 1e6:.1f}M params) on {a.channels}x{a.resolution}x{a.resolution}, batch "
+          f"{a.batch}, {device}: {flops / a.batch / 1e9:.1f} GFLOP per image per step; fast/authors = "
+          f"{rf['images_per_s'] / ra['images_per_s']:.2f}x")
+    # OT's share of a step at batch 128 (its cost depends on the batch size only)
+    step, _ = make_step(a.size if a.batch >= 128 else "tiny", 128, a.resolution, a.channels, device, fast)
+    s128, ot128 = timed(step, max(2, a.steps // 2), 1, device)
+    print(f"OT at batch 128: {ot128 * 1e3:.1f} ms of a {s128 * 1e3:.1f} ms step "
+          f"({'paper' if a.batch >= 128 else 'tiny'} UNet): {100 * ot128 / s128:.2f}%")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"device": str(device), "size": a.size, "batch": a.batch, "flops_per_step": flops,
+                       "rows": rows, "ratio": rf["images_per_s"] / ra["images_per_s"],
+                       "ot_at_128": {"s_per_step": s128, "ot_s_per_step": ot128}}, f, indent=1)
     return 0
 
 

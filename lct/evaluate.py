@@ -12,6 +12,7 @@ and `Image.save("x.jpg")` use in the authors' sampling scripts) before feature e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -71,16 +72,57 @@ def encode_images(images: np.ndarray, image_format: str, quality: int = DEFAULT_
     return out
 
 
+def _jpeg_round_trip(im: np.ndarray, quality: int) -> np.ndarray:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+
+
 def apply_image_format(images: np.ndarray, image_format: str, quality: int = DEFAULT_JPEG_QUALITY) -> np.ndarray:
-    """What a metric reading saved files would see: JPEG round trip, or the images unchanged (PNG)."""
+    """What a metric reading saved files would see: JPEG round trip (threads: PIL releases the GIL while
+    coding), or the images unchanged (PNG)."""
     if image_format == "png":
         return images
     if image_format != "jpeg":
         raise ValueError(f"--image-format {image_format!r}; choose one of {IMAGE_FORMATS}")
-    from PIL import Image
+    from concurrent.futures import ThreadPoolExecutor
 
-    decoded = [np.asarray(Image.open(io.BytesIO(b))) for b in encode_images(images, "jpeg", quality)]
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(images)))) as pool:
+        decoded = list(pool.map(lambda im: _jpeg_round_trip(im, quality), images))
     return np.stack(decoded).reshape(images.shape)
+
+
+class StageTimer:
+    """Wall time per stage of an evaluation (sampling, decoding, jpeg, features, statistics); on a GPU
+    each stage ends with a synchronisation so its kernels are counted where they ran."""
+
+    STAGES = ("sampling", "decoding", "jpeg", "features", "statistics")
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.seconds = {s: 0.0 for s in self.STAGES}
+        self.images = 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[name] += time.perf_counter() - t0
+
+    def report(self) -> dict[str, Any]:
+        total = sum(self.seconds.values())
+        per = {s: {"seconds": round(v, 3), "images_per_s": round(self.images / v, 2) if v > 0 and s != "statistics"
+                   else None} for s, v in self.seconds.items()}
+        return {"images": self.images, "total_seconds": round(total, 3), "stages": per}
+
+    def line(self) -> str:
+        return ", ".join(f"{s} {v:.1f}s" for s, v in self.seconds.items())
 
 
 def build_suite(feature: str, modes: list[str] | None, resources: str | Path | None, device: torch.device,
@@ -227,8 +269,9 @@ def load_ref(path: str | Path) -> dict[str, Any]:
 # --- evaluation ----------------------------------------------------------------------------------
 
 def shard_features(images: Iterator[np.ndarray], extractors: dict[str, Any], image_format: str, quality: int,
-                   export: tuple[Path, list[int]] | None = None) -> dict[str, np.ndarray]:
+                   export: tuple[Path, list[int]] | None = None, timer: StageTimer | None = None) -> dict[str, np.ndarray]:
     """Features of a stream of uint8 NHWC batches, after the image-format round trip; optionally export."""
+    timer = timer or StageTimer()
     feats: dict[str, list[np.ndarray]] = {n: [] for n in extractors}
     done = 0
     for batch in images:
@@ -237,24 +280,30 @@ def shard_features(images: Iterator[np.ndarray], extractors: dict[str, Any], ima
             ext = "jpg" if image_format == "jpeg" else "png"
             for b, s in zip(encode_images(batch, image_format, quality), seeds[done : done + len(batch)]):
                 (folder / f"{s:06d}.{ext}").write_bytes(b)
-        seen = apply_image_format(batch, image_format, quality)
-        for n, ex in extractors.items():
-            feats[n].append(ex(seen))
+        with timer.stage("jpeg"):
+            seen = apply_image_format(batch, image_format, quality)
+        with timer.stage("features"):
+            for n, ex in extractors.items():
+                feats[n].append(ex(seen))
         done += len(batch)
+        timer.images += len(batch)
     return {n: np.concatenate(v).astype(np.float32) for n, v in feats.items()}
 
 
 def run_evaluation(images_for_seeds: Any, seeds: list[int], extractors: dict[str, Any], fd: dict[str, str], rec: str,
                    ref: dict[str, Any], cache_dir: Path, cache_key: dict[str, Any], image_format: str = "jpeg",
                    quality: int = DEFAULT_JPEG_QUALITY, shard_size: int = 5000, recall_k: int = 3,
-                   export_dir: Path | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Stream `images_for_seeds(seed_list) -> Iterator[uint8 NHWC]` shard by shard into the metrics.
+                   export_dir: Path | None = None, device: torch.device | str = "cpu",
+                   timer: StageTimer | None = None) -> dict[str, Any]:
+    """Stream `images_for_seeds(seed_list) -> Iterator[uint8 NHWC]` shard by shard into the metrics
+    (no image is written unless `export_dir` is given); `timer` collects the time per stage.
 
     Each shard's features are saved under `cache_dir` (atomically); a rerun with the same
     `cache_key` skips finished shards. Returns {"fid": {mode: fd}, "precision", "recall", ...}.
     """
     from lct.metrics import feature_stats, frechet_distance, precision_recall
 
+    timer = timer or StageTimer(device)
     meta_path = cache_dir / "meta.json"
     if cache_dir.exists() and (not meta_path.is_file() or json.loads(meta_path.read_text()) != cache_key):
         shutil.rmtree(cache_dir)  # features of another checkpoint / protocol: start over
@@ -273,7 +322,7 @@ def run_evaluation(images_for_seeds: Any, seeds: list[int], extractors: dict[str
                     got = {n: z[n] for n in extractors}
         if got is None:
             export = (export_dir, shard_seeds) if export_dir is not None else None
-            got = shard_features(images_for_seeds(shard_seeds), extractors, image_format, quality, export)
+            got = shard_features(images_for_seeds(shard_seeds), extractors, image_format, quality, export, timer)
             if any(len(v) != len(shard_seeds) for v in got.values()):
                 raise RuntimeError(f"shard {j}: sampler returned {len(next(iter(got.values())))} images for {len(shard_seeds)} seeds")
             _atomic_savez(path, seeds=np.asarray(shard_seeds, np.int64), **got)
@@ -281,6 +330,7 @@ def run_evaluation(images_for_seeds: Any, seeds: list[int], extractors: dict[str
             parts[n].append(got[n])
     feats = {n: np.concatenate(v) for n, v in parts.items()}
     result: dict[str, Any] = {"fid": {}}
+    stats_t0 = time.perf_counter()
     for mode, name in fd.items():
         if f"mu_{mode}" not in ref:
             raise KeyError(f"reference statistics have no mode {mode!r} (have {list(ref.get('fd_modes', []))}); recompute them with `lct ref-stats --fid-modes ...`")
@@ -288,6 +338,8 @@ def run_evaluation(images_for_seeds: Any, seeds: list[int], extractors: dict[str
         result["fid"][mode] = frechet_distance(mu, sigma, ref[f"mu_{mode}"], ref[f"sigma_{mode}"])
     real = ref["recall_feats"]  # all stored reals (pr50k3_full: up to 200K) against every generated image
     result["precision"], result["recall"] = precision_recall(real, feats[rec], k=recall_k, device=device)
+    timer.seconds["statistics"] += time.perf_counter() - stats_t0
+    result["timing"] = timer.report()
     result["recall_real_count"] = int(len(real))
     return result
 
@@ -331,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.recall_feature and a.recall_feature != str(ref["recall_feature"]):
         raise SystemExit(f"lct evaluate: {a.ref} holds {ref['recall_feature']!r} Recall features, not --recall-feature "
                          f"{a.recall_feature}; rerun `lct ref-stats --recall-feature {a.recall_feature}`")
-    from lct.sample import iter_samples
+    from lct.samplers import generate
     from lct.model import load_checkpoint_model
     from lct.vae import load_codec
 
@@ -349,8 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_sha = sha256_file(a.checkpoint)
     seeds = list(range(a.seed_offset, a.seed_offset + a.num_samples))
 
+    timer = StageTimer(device)
+
     def images_for_seeds(s: list[int]) -> Iterator[np.ndarray]:
-        return iter_samples(model, cfg, codec, s, a.nfe, device, a.batch_size)
+        """Sampling and decoding, batch by batch, each timed as its own stage (nothing is written)."""
+        for i in range(0, len(s), a.batch_size):
+            with timer.stage("sampling"):
+                z = generate(model, cfg, tuple(codec.latent_shape), list(s[i:i + a.batch_size]), a.nfe, device,
+                             a.batch_size)
+            with timer.stage("decoding"):
+                images = codec.decode(z)
+            yield images
 
     out = Path(a.out)
     cache_dir = out.with_name(out.name + ".shards")
@@ -363,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
            "extractors": {n: extractor_fingerprint(n, a.resources) for n in sorted(extractors)}}
     # (the FID reference enters only the final distance, not the cached features)
     res = run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache_dir, key, a.image_format,
-                         a.jpeg_quality, a.shard_size, a.recall_k, Path(a.export_dir) if a.export_dir else None, device)
+                         a.jpeg_quality, a.shard_size, a.recall_k, Path(a.export_dir) if a.export_dir else None, device,
+                         timer)
     report = {
         "experiment": a.experiment, "nfe": a.nfe, "ema": a.ema, "num_samples": a.num_samples,
         "seeds": [seeds[0], seeds[-1]], "feature": a.feature, "image_format": a.image_format,
@@ -375,11 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         "ref": str(a.ref), "ref_image_format": ref.get("image_format"), "device": str(device),
         "fid_reference": fid_reference or {m: {"images": int(ref.get("num_images", 0)),
                                                 "image_format": ref.get("image_format")} for m in res["fid"]},
-        "wall_time_s": round(time.time() - t0, 2),
+        "wall_time_s": round(time.time() - t0, 2), "timing": res["timing"],
     }
     _atomic_json(out, report)
     if not a.keep_shards:
         shutil.rmtree(cache_dir, ignore_errors=True)
     fids = ", ".join(f"{m} {v:.3f}" for m, v in res["fid"].items())
     print(f"{a.experiment} nfe{a.nfe}: {report['metric_name']} {fids}; precision {res['precision']:.3f} recall {res['recall']:.3f} -> {out}")
+    print(f"time per stage ({timer.images} images generated here): {timer.line()}")
     return 0

@@ -84,7 +84,8 @@ def test_run_evaluation_resumes_from_shards(setup, tmp_path):
     # rerun: every shard is cached, nothing is generated again
     calls.clear()
     again = ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache, key, "png", shard_size=128)
-    assert calls == [] and again == res
+    assert calls == [] and {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in res.items() if k != "timing"}
+    assert again["timing"]["images"] == 0  # nothing generated on the rerun
     # a different checkpoint invalidates the cache
     ev.run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache, {**key, "checkpoint_sha256": "y"},
                       "png", shard_size=128)
@@ -139,6 +140,9 @@ def test_evaluate_cli_end_to_end(setup, tmp_path):
     assert res["seeds"] == [100, 147] and res["num_samples"] == 48 and res["step"] == 7 and res["ema"] == "0.99"
     assert 0 <= res["recall"] <= 1 and 0 <= res["precision"] <= 1 and len(res["checkpoint_sha256"]) == 64
     assert res["image_format"] == "png" and res["jpeg_quality"] is None
+    stages = res["timing"]["stages"]  # streamed, timed per stage, nothing written but the exports asked for
+    assert set(stages) == {"sampling", "decoding", "jpeg", "features", "statistics"} and res["timing"]["images"] == 48
+    assert all(v["seconds"] >= 0 for v in stages.values()) and stages["sampling"]["images_per_s"] > 0
     assert not (out.parent / (out.name + ".shards")).exists()  # cache removed after success
     # The shard cache is keyed by everything that changes an image: rerun keeping shards, then ask for
     # more samples; the cached 48-sample shards must not be reused for the 64-sample run.
