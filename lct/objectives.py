@@ -53,11 +53,18 @@ class ConsistencyObjective:
         self.distance = make_distance(cfg.loss.distance, resources)  # resources: E-LatentLPIPS weights
 
     def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, dict[str, float]]:
+        """x0, noise: the GLOBAL batch [B, ...]; `shard` = (rank, world): this process trains on rows
+        [rank B/world, (rank+1) B/world). Every random draw, the OT plan and the diffusion-loss
+        normalisation are taken over the global batch, so W ranks at B/W are the run of one
+        process at B (only the network passes are split)."""
         sched, lcfg = self.cfg.schedule, self.cfg.loss
         gen = generator if generator is not None else step_generator(self.cfg.train.seed, step)
-        b, device, dtype = x0.shape[0], x0.device, x0.dtype
+        b, device, dtype = x0.shape[0], x0.device, x0.dtype  # b: the global batch here
         d = x0[0].numel()
+        rank, world = shard
+        local = slice(rank * (b // world), (rank + 1) * (b // world))
 
         # Discretization N(k) of the curriculum (eq. 10) and its ascending Karras grid t_1 < ... < t_N.
         n = S.num_timesteps(step, self.total_steps, sched)
@@ -75,6 +82,12 @@ class ConsistencyObjective:
             noise = noise[ot_pair(x0, noise)]
             ot_time = time.perf_counter() - t0
 
+        # Diffusion-loss pairs (eq. 9): 1-based index i <= int(N r), counted over the global batch.
+        sel = (i + 1) <= int(n * lcfg.diffusion_r)
+        n_sel = int(sel.sum())
+        # This process's share of the global batch (all of it in one process).
+        if world > 1:
+            x0, noise, i, t_lo, t_hi, sel = x0[local], noise[local], i[local], t_lo[local], t_hi[local], sel[local]
         # The same x0 and the same z for both points of the pair.
         t_lo_x, t_hi_x = t_lo.to(device, dtype), t_hi.to(device, dtype)
         x_hi = x0 + t_hi_x.view(-1, 1, 1, 1) * noise  # x_{t_{i+1}}
@@ -93,21 +106,21 @@ class ConsistencyObjective:
         loss_ct = lam * self.distance(f_student, f_teacher, c, lcfg.reduction)
         loss = loss_ct
 
-        # Diffusion loss at small timesteps (eq. 9): pairs with 1-based index i <= int(N r).
+        # Diffusion loss at small timesteps (eq. 9) on the selected pairs of this share.
         loss_diff = torch.zeros_like(loss_ct)
-        sel = (i + 1) <= int(n * lcfg.diffusion_r)
         sel_dev = sel.to(device)
-        n_sel = int(sel.sum())
         if lcfg.diffusion_loss and n_sel > 0:
             if lcfg.diffusion_variant == "paper":
                 # ||f_theta(x_{t_i}, t_i) - x0||^2 with the *student* at t_i (the paper's intent), on the
                 # selected samples only; squared norm summed (paper) or averaged as loss.reduction says.
-                idx = sel_dev.nonzero().squeeze(1)
-                f_small = net(x_lo[idx], t_lo_x[idx])
-                loss_diff = loss_diff.index_put((idx,), squared_norm(f_small, x0[idx], lcfg.reduction))
+                idx = sel.nonzero().squeeze(1).to(device)  # from the CPU mask: no device sync
+                if len(idx):
+                    f_small = net(x_lo[idx], t_lo_x[idx])
+                    loss_diff = loss_diff.index_put((idx,), squared_norm(f_small, x0[idx], lcfg.reduction))
             elif lcfg.diffusion_variant == "as_coded":
                 # Authors' code: student output at the larger sigma t_{i+1}, per-dim mean, weighted by
-                # 1/t^2 + 1/sigma_data^2, averaged over the selected samples only (hence b / n_sel).
+                # 1/t^2 + 1/sigma_data^2, averaged over the selected samples only (hence b / n_sel, both
+                # global: the mean over this share and over the ranks gives the global average).
                 w = 1.0 / t_hi_x**2 + 1.0 / sched.sigma_data**2
                 per = w * squared_norm(f_student, x0, "mean")
                 loss_diff = torch.where(sel_dev, per, torch.zeros_like(per)) * (b / n_sel)
@@ -120,7 +133,7 @@ class ConsistencyObjective:
             "N": float(n),
             "c": float(c),
             "loss_ct": loss_ct.detach().mean(),
-            "loss_diff": loss_diff.detach().sum() / max(n_sel, 1) if lcfg.diffusion_loss else 0.0,
+            "loss_diff": loss_diff.detach().sum() * world / max(n_sel, 1) if lcfg.diffusion_loss else 0.0,
             "diff_frac": n_sel / b,
             "ot_time_s": ot_time,
         }
@@ -136,11 +149,17 @@ class DenoisingObjective:
         self.p_mean, self.p_std = p_mean, p_std  # EDM's lognormal sigma, not schedule.p_mean (that is iCT's)
 
     def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, dict[str, float]]:
+        """x0, noise: the global batch; this process trains on its `shard` = (rank, world) of it."""
         gen = generator if generator is not None else step_generator(self.cfg.train.seed, step)
         sd = self.cfg.schedule.sigma_data
-        # ln sigma ~ N(P_mean, P_std^2)   (EDM)
+        # ln sigma ~ N(P_mean, P_std^2)   (EDM), drawn for the global batch
         sigma = (torch.randn(x0.shape[0], generator=gen, dtype=torch.float64) * self.p_std + self.p_mean).exp()
+        rank, world = shard
+        if world > 1:
+            local = slice(rank * (x0.shape[0] // world), (rank + 1) * (x0.shape[0] // world))
+            x0, noise, sigma = x0[local], noise[local], sigma[local]
         sigma = sigma.to(x0.device, x0.dtype)
         s = sigma.view(-1, 1, 1, 1)
         denoised = net(x0 + s * noise, sigma)

@@ -156,8 +156,14 @@ class DataOrder:
             self._perms[epoch] = torch.randperm(self.n, generator=g)
         return self._perms[epoch]
 
+    def global_indices(self, step: int) -> torch.Tensor:
+        """All B indices of global step `step` (rank r trains on rows [r b, (r+1) b) of them)."""
+        return self._at(torch.arange(self.B, dtype=torch.long) + step * self.B)
+
     def indices(self, step: int) -> torch.Tensor:
-        pos = torch.arange(self.b, dtype=torch.long) + step * self.B + self.rank * self.b
+        return self._at(torch.arange(self.b, dtype=torch.long) + step * self.B + self.rank * self.b)
+
+    def _at(self, pos: torch.Tensor) -> torch.Tensor:
         epochs = pos // self.n
         out = torch.empty_like(pos)
         for e in epochs.unique().tolist():
@@ -320,11 +326,13 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             ddist.barrier()  # no rank leaves (e.g. on preemption) before the file is complete
 
         def batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-            """x0, its noise and the objective's generator, all seeded by (seed, rank, step)."""
-            x0 = data[order.indices(step)].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-            noise = torch.randn(x0.shape, generator=torch.Generator(dev).manual_seed(step_seed(t.seed, rank, step)),
+            """The GLOBAL batch x0 [B], its noise and the objective's generator, seeded by (seed, step) alone:
+            every rank draws the same, and the objective trains on its shard, so W ranks at B/W are the run
+            of one process at B (the OT plan is taken over the global batch, as on the authors' one GPU)."""
+            x0 = data[order.global_indices(step)].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
+            noise = torch.randn(x0.shape, generator=torch.Generator(dev).manual_seed(step_seed(t.seed, 0, step)),
                                 device=dev).contiguous(memory_format=memory_format)
-            return x0, noise, torch.Generator().manual_seed(step_seed(t.seed, rank, step, stream=2))
+            return x0, noise, torch.Generator().manual_seed(step_seed(t.seed, 0, step, stream=2))
 
         def forward_backward(step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
             """Loss, gradient norm (device tensors) and logs; backward always runs, so every rank
@@ -332,7 +340,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             x0, noise, gen = batch(step)
             with _fork_rng(dev):  # dropout and any module randomness: also from (seed, rank, step)
                 torch.manual_seed(step_seed(t.seed, rank, step, stream=1))
-                per_sample, logs = objective(net, x0, noise, step, generator=gen)
+                per_sample, logs = objective(net, x0, noise, step, generator=gen, shard=(rank, world))
                 loss = per_sample.float().mean()
                 loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # no sync: a tensor
