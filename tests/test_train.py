@@ -133,9 +133,9 @@ class NaNAt:
     def __init__(self, inner, steps):
         self.inner, self.steps, self.seen = inner, set(steps), {}
 
-    def __call__(self, net, x0, noise, step, generator=None):
+    def __call__(self, net, x0, noise, step, generator=None, shard=(0, 1)):
         self.seen[step] = [p.detach().clone() for p in net.parameters()]
-        loss, logs = self.inner(net, x0, noise, step, generator=generator)
+        loss, logs = self.inner(net, x0, noise, step, generator=generator, shard=shard)
         if step in self.steps:
             loss = loss * float("nan")
         return loss, logs
