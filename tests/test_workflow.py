@@ -250,7 +250,7 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     # exactly: that experiment's config, run and evaluation, and the one table citing it
     assert counts == {"experiment_config": 1, "train": 1, "evaluate": 1, "table": 1, "all": 1}, counts
     assert "runs/mini_slct/final.pt" in r.stdout and "runs/mini_ilct/final.pt" not in r.stdout
-    assert "tables/table1a.csv" in r.stdout and "tables/table2a.csv" not in r.stdout
+    assert "wildcards: table=table1a" in r.stdout and "wildcards: table=table2a" not in r.stdout
 
 
 def test_paper_config_writes_the_split_and_iteration_count(tmp_path):
