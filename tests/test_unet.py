@@ -100,6 +100,7 @@ def test_paper_size_counts_match_the_authors_network(norm):
         assert n == PAPER_COUNTS[norm], (norm, n)
     else:  # nsgn, nsin: GroupNorm's count minus its scales
         assert n == PAPER_COUNTS["group"] - norm_scale_parameters(build_unet(NetworkConfig(size="paper"), 32, 4)), n
+    assert (scales == 0) == norm.startswith("ns"), (norm, scales)  # the non-scaling norms train no scale
     assert UNET_SIZES["paper"]["channel_mult"] == [1, 2, 3, 4]
 
 
