@@ -99,16 +99,28 @@ class SampleConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None  # Teacher experiment (a workflow key); its final.pt is given as `lct train --teacher`.
+    teacher_ema: str | None = None  # Teacher weights: an EMA decay of the teacher run, "online"; None = its first train.ema_decays.
+    teacher_sha256: str | None = None  # Filled in by `lct train` from --teacher: another teacher file is another config.
+    init_from_teacher: bool = True  # Start the student's UNet from the teacher's (CM and LCM do); needs the same network.
+    num_timesteps: int = 18  # N of the fixed Karras grid t_1 < ... < t_N (CM's CD: 18).
+    skip: int = 1  # k: one Heun step of the teacher from t_{n+k} to t_n (1 = CM's CD; > 1 = LCM's skipping step).
+    target_ema: float = 0.95  # mu of the target network theta- <- mu theta- + (1 - mu) theta (CM: 0.95); 0 = stopgrad(theta).
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"  # Experiment name (a key of `experiments` in the workflow config).
     dataset: str = ""  # Dataset name (a key of `datasets` in the workflow config).
     preset: str = "slct"  # The preset this experiment started from.
-    objective: str = "consistency"  # "consistency" (iCT / sLCT) or "denoising" (VE latent diffusion baseline).
+    objective: str = "consistency"  # "consistency" (iCT / sLCT), "denoising" (VE latent diffusion) or "distillation" (CD).
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # read by objective: distillation only
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,11 +153,21 @@ _LDM_VE = {
     # EDM's loss sums the weighted squared error over dimensions, under either reading.
     "loss": {"distance": "l2", "reduction": "sum", "c": "fixed", "diffusion_loss": False, "ot": False},
 }
+# Consistency distillation (Song et al. 2023, Algorithm 2; beyond the paper): the student has the
+# teacher's network (GroupNorm, EDM noise conditioning) and starts from its weights; CM's uniform
+# index over an 18-point grid, uniform weighting, L2; `distill` holds the teacher and target settings.
+_CD = {
+    "objective": "distillation",
+    "network": {"norm": "group", "noise_conditioning": "edm"},
+    "schedule": {"timestep_dist": "uniform", "weighting": "uniform"},
+    "loss": {"distance": "l2", "c": "fixed", "diffusion_loss": False, "ot": False},
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "ilct": _ILCT,  # iCT in latent space: Pseudo-Huber, fixed c, GroupNorm, no OT, no diffusion loss.
     "slct": _SLCT,  # The paper's full method: Cauchy, diffusion loss r 0.25, OT, scaled c, NsLN.
     "slct_as_coded": _SLCT_AS_CODED,  # sLCT as the authors' code implements it.
     "ldm_ve": _LDM_VE,  # VE latent diffusion with the same UNet (EDM loss), Table 1 "LDM-8 dagger".
+    "cd": _CD,  # Consistency distillation from a trained ldm_ve teacher (not in the paper; table_cd).
 }
 
 
@@ -337,7 +359,7 @@ def _coerce(tp: Any, v: Any, key: str) -> Any:
 
 # Allowed values of the string switches, checked by `validate`.
 CHOICES: dict[str, set[str]] = {
-    "objective": {"consistency", "denoising"},
+    "objective": {"consistency", "denoising", "distillation"},
     "network.norm": {"group", "instance", "layer", "rms", "nsln", "nsgn", "nsin"},
     "network.noise_conditioning": {"cm", "edm"},
     "schedule.curriculum": {"exp", "sqrt", "fixed"},
@@ -370,4 +392,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"experiment {cfg.name!r}: loss.diffusion_r = {cfg.loss.diffusion_r}; must be in (0, 1]")
     if cfg.schedule.s0 < 1 or cfg.schedule.s1 < cfg.schedule.s0:
         raise ConfigError(f"experiment {cfg.name!r}: need 1 <= schedule.s0 <= schedule.s1")
+    dc = cfg.distill
+    if cfg.objective == "distillation":
+        if not 1 <= dc.skip < dc.num_timesteps:
+            raise ConfigError(f"experiment {cfg.name!r}: distill.skip = {dc.skip} must be in [1, distill.num_timesteps - 1 "
+                              f"= {dc.num_timesteps - 1}]")
+        if not 0.0 <= dc.target_ema < 1.0:
+            raise ConfigError(f"experiment {cfg.name!r}: distill.target_ema = {dc.target_ema}; must be in [0, 1)")
+        if cfg.loss.diffusion_loss or cfg.loss.ot:
+            raise ConfigError(f"experiment {cfg.name!r}: loss.diffusion_loss and loss.ot are consistency-training "
+                              "components; set them false for objective distillation")
     return cfg

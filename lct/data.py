@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from lct.download import sha256_file
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 RESIZE_METHODS = ("lanczos", "box", "bicubic")
 
@@ -238,14 +240,6 @@ def mnist_demo(resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 def _sha256_bytes(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any],

@@ -2,7 +2,7 @@
 
 Trust policy: a file is used only if it matches a checksum known in advance (sha256, or md5 where
 that is what the publisher gives, e.g. CIFAR-10). With no checksum the download is refused: compute
-it once from a copy you trust (``sha256sum <file>`` or ``python -c "import lct.data as d;
+it once from a copy you trust (``sha256sum <file>`` or ``python -c "import lct.download as d;
 print(d.sha256_file('<file>'))"``) or take the publisher's value, and set it in the workflow config
 (``datasets.<name>.source.sha256``).
 """
@@ -28,6 +28,11 @@ def file_digest(path: str | Path, algo: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file (read in 1 MiB chunks)."""
+    return file_digest(path, "sha256")
 
 
 def verify(path: str | Path, sha256: str | None = None, md5: str | None = None) -> str | None:

@@ -53,7 +53,9 @@ def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_over
         c = exps[name]
         n_images = c.train.total_steps * c.train.batch_size if c.train.total_steps else \
             c.train.epochs * (c.train.num_images or sizes[c.dataset])
-        factor = 4.0 / 3.0 if c.objective == "consistency" else 1.0  # + teacher forward (no backward)
+        # forward = 1, backward = 2 units: CT adds the target forward (4/3); CD adds the target forward and
+        # the teacher's Heun step (two forwards; 6/3)
+        factor = {"consistency": 4.0 / 3.0, "distillation": 6.0 / 3.0}.get(c.objective, 1.0)
         return n_images * factor / train_ips / 3600.0
 
     def snapshot_h(name: str) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import shutil
@@ -23,6 +22,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from lct.download import sha256_file
 
 # --feature -> which extractors give the Frechet distances (per mode) and which gives Recall.
 SUITES: dict[str, dict[str, Any]] = {
@@ -46,14 +47,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def encode_images(images: np.ndarray, image_format: str, quality: int = DEFAULT_JPEG_QUALITY) -> list[bytes]:

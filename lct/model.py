@@ -59,15 +59,18 @@ def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
     return opt(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, foreach=True)
 
 
-def load_checkpoint_model(path: str | Path, ema: str = "0.99993", device: str | torch.device = "cpu"
+def load_checkpoint_model(path: str | Path, ema: str | None = "0.99993", device: str | torch.device = "cpu"
                           ) -> tuple[torch.nn.Module, ExperimentConfig, dict[str, Any]]:
     """(model in eval mode, config, info) from final.pt, a ckpt-*.pt or a snapshot.
 
-    `ema` is a decay string as written in the config ("0.99993") or "online" for the raw weights.
+    `ema` is a decay string as written in the config ("0.99993"), "online" for the raw weights, or None for
+    the run's first train.ema_decays entry.
     info: {"step", "ema", "path", "data": {"path", "shape", ...}}.
     """
     state = ckio.load(path)
     cfg = ExperimentConfig.from_dict(state["config"], where=f"{path} config")
+    if ema is None:  # the run's first evaluation EMA (train.ema_decays[0])
+        ema = f"{float(cfg.train.ema_decays[0])}" if cfg.train.ema_decays else "online"
     if ema == "online":
         if "model" not in state:
             raise ConfigError(f"{path} holds only EMA weights {sorted(state['ema'])}; pass --ema one of them")

@@ -9,6 +9,7 @@ a resumed run repeats the same stream.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from typing import TYPE_CHECKING, Iterator
 
@@ -170,12 +171,110 @@ class DenoisingObjective:
         return loss, logs
 
 
-OBJECTIVES = {"consistency": ConsistencyObjective, "denoising": DenoisingObjective}
+class DistillationObjective:
+    """Consistency distillation (Song et al. 2023, Algorithm 2; LCM's skipping step when k > 1).
+
+    The teacher is a trained EDM denoiser D (objective denoising, its EMA weights, frozen); one Heun
+    step of the probability-flow ODE dx/dt = (x - D(x, t)) / t from t_{n+k} to t_n gives x_hat_{t_n};
+    the loss is lambda(t_n) d(f_theta(x_{t_{n+k}}, t_{n+k}), f_theta-(x_hat_{t_n}, t_n)) with d any robust
+    distance of lct.losses and c from loss.c, and theta- an EMA of theta with decay distill.target_ema
+    (0: theta- = stopgrad(theta), iCT's choice). The grid is fixed (distill.num_timesteps Karras points),
+    the pair index comes from schedule.timestep_dist (CM: uniform) and the weighting from
+    schedule.weighting (CM: uniform). The target network is state: `attach` makes it, `after_update`
+    moves it, `state_dict` / `load_state_dict` carry it through checkpoints.
+    """
+
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int, resources: str | None = None,
+                 teacher: nn.Module | None = None):
+        from lct.config import ConfigError
+
+        if teacher is None:
+            raise ConfigError(f"experiment {cfg.name!r}: objective distillation needs its teacher: "
+                              f"lct train --teacher runs/{cfg.distill.teacher or '<teacher>'}/final.pt")
+        self.cfg = cfg
+        self.total_steps = int(total_steps)
+        self.distance = make_distance(cfg.loss.distance, resources)
+        self.teacher = teacher.eval().requires_grad_(False)
+        dc, sc = cfg.distill, cfg.schedule
+        self.sigmas = S.karras_sigmas(dc.num_timesteps, sc.sigma_min, sc.sigma_max, sc.rho)  # ascending, float64
+        self.probs = S.index_probs(self.sigmas, sc, dc.skip)
+        self.target: nn.Module | None = None  # theta- (None: stopgrad of the online network)
+        self._target_call: nn.Module | None = None
+
+    # -- the target network theta- (state of the objective) --
+    def attach(self, model: nn.Module, compile: bool = False) -> None:
+        """Make theta- = theta (a frozen copy; the fast-path settings of `model` come with it)."""
+        if self.cfg.distill.target_ema > 0:
+            self.target = copy.deepcopy(model).requires_grad_(False)
+            self._target_call = torch.compile(self.target) if compile else self.target
+
+    @torch.no_grad()
+    def after_update(self, model: nn.Module) -> None:
+        """theta- <- mu theta- + (1 - mu) theta, after each optimizer step (Algorithm 2)."""
+        if self.target is None:
+            return
+        tgt, src = self.target.state_dict(), model.state_dict()
+        floats = [k for k, v in tgt.items() if v.is_floating_point()]
+        torch._foreach_lerp_([tgt[k] for k in floats], [src[k].detach() for k in floats],
+                             1.0 - self.cfg.distill.target_ema)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.target is None else self.target.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.target is not None:
+            self.target.load_state_dict(state)
+
+    @torch.no_grad()
+    def heun_step(self, x_hi: torch.Tensor, t_hi: torch.Tensor, t_lo: torch.Tensor) -> torch.Tensor:
+        """x_hat_{t_lo}: one Heun step of dx/dt = (x - D(x, t)) / t from t_hi to t_lo (EDM, Algorithm 1)."""
+        th, tl = t_hi.view(-1, 1, 1, 1), t_lo.view(-1, 1, 1, 1)
+        d_hi = (x_hi - self.teacher(x_hi, t_hi)) / th  # Euler slope at t_{n+k}
+        x_euler = x_hi + (tl - th) * d_hi
+        d_lo = (x_euler - self.teacher(x_euler, t_lo)) / tl  # slope at the Euler point (t_lo >= sigma_min > 0)
+        return x_hi + (tl - th) * 0.5 * (d_hi + d_lo)  # trapezoidal correction
+
+    def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
+                 generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, dict[str, float]]:
+        """x0, noise: the GLOBAL batch; the draws are global, the network passes use this `shard`."""
+        dc, sched, lcfg = self.cfg.distill, self.cfg.schedule, self.cfg.loss
+        gen = generator if generator is not None else step_generator(self.cfg.train.seed, step)
+        b, device, dtype = x0.shape[0], x0.device, x0.dtype
+        rank, world = shard
+        n = torch.multinomial(self.probs, b, replacement=True, generator=gen)  # pair (t_n, t_{n+k}), 0-based
+        t_lo, t_hi = self.sigmas[n], self.sigmas[n + dc.skip]
+        if world > 1:
+            local = slice(rank * (b // world), (rank + 1) * (b // world))
+            x0, noise, t_lo, t_hi = x0[local], noise[local], t_lo[local], t_hi[local]
+        t_lo_x, t_hi_x = t_lo.to(device, dtype), t_hi.to(device, dtype)
+        x_hi = x0 + t_hi_x.view(-1, 1, 1, 1) * noise  # x_{t_{n+k}} ~ N(x0, t_{n+k}^2 I)
+        x_lo = self.heun_step(x_hi, t_hi_x, t_lo_x)  # the teacher's ODE step to t_n
+
+        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        with shared_rng(dropout_seed, device):
+            f_student = net(x_hi, t_hi_x)  # f_theta(x_{t_{n+k}}, t_{n+k})
+        with torch.no_grad(), shared_rng(dropout_seed, device):
+            f_target = (self._target_call or net)(x_lo, t_lo_x)  # f_theta-(x_hat_{t_n}, t_n)
+
+        c = S.scale_c(self.cfg, step, self.total_steps, x0[0].numel())
+        lam = S.loss_weighting(t_lo, t_hi, sched.weighting).to(device, dtype)
+        loss = lam * self.distance(f_student, f_target, c, lcfg.reduction)  # CM's CD loss with a robust d
+        logs = {"N": float(dc.num_timesteps), "c": float(c), "loss_ct": loss.detach().mean(), "loss_diff": 0.0,
+                "ot_time_s": 0.0}
+        return loss, logs
 
 
-def build_objective(cfg: "ExperimentConfig", total_steps: int,
-                    resources: str | None = None) -> ConsistencyObjective | DenoisingObjective:
-    """The objective named by cfg.objective; `resources` is the folder of `lct fetch-weights`."""
+OBJECTIVES = {"consistency": ConsistencyObjective, "denoising": DenoisingObjective,
+              "distillation": DistillationObjective}
+
+
+def build_objective(cfg: "ExperimentConfig", total_steps: int, resources: str | None = None,
+                    teacher: nn.Module | None = None):
+    """The objective named by cfg.objective; `resources` is the folder of `lct fetch-weights`;
+    `teacher` the frozen denoiser of objective distillation."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective = {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}")
+    if cfg.objective == "distillation":
+        return DistillationObjective(cfg, total_steps, resources, teacher)
     return OBJECTIVES[cfg.objective](cfg, total_steps, resources)

@@ -72,7 +72,8 @@ class EDMDenoiser(nn.Module):
         return c_skip * x + c_out * f
 
 
-MODELS = {"consistency": ConsistencyModel, "denoising": EDMDenoiser}
+# A distilled student is a consistency model (eq. 2) like a consistency-trained one.
+MODELS = {"consistency": ConsistencyModel, "denoising": EDMDenoiser, "distillation": ConsistencyModel}
 
 
 def build_model(cfg: "ExperimentConfig", img_resolution: int, in_channels: int) -> nn.Module:

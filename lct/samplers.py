@@ -115,7 +115,7 @@ def generate(net: nn.Module, cfg: "ExperimentConfig", shape: tuple[int, int, int
              device: torch.device | str, batch_size: int = 64) -> torch.Tensor:
     """Samples [len(seeds), C, H, W] (on CPU, in the model's normalized space) with `nfe` evaluations.
 
-    consistency: nfe 1 = one step from sigma_max; 2 = two_step_sigmas; more = a Karras sub-grid.
+    consistency (and distillation): nfe 1 = one step from sigma_max; 2 = two_step_sigmas; more = a Karras sub-grid.
     denoising: the deterministic EDM sampler with exactly nfe evaluations (edm_steps_for_nfe).
     Image k depends only on seeds[k] (initial noise and re-noising both drawn per image).
     """
@@ -128,7 +128,7 @@ def generate(net: nn.Module, cfg: "ExperimentConfig", shape: tuple[int, int, int
             batch_seeds = list(seeds[start:start + batch_size])
             rnd = StackedRandomGenerator(device, batch_seeds)
             noise = rnd.randn((len(batch_seeds), *shape))
-            if cfg.objective == "consistency":
+            if cfg.objective in ("consistency", "distillation"):  # a distilled student is a consistency model
                 x = sample_consistency(net, noise, multistep_sigmas(cfg, nfe), cfg.schedule.sigma_min, rnd)
             elif cfg.objective == "denoising":
                 steps, heun_last = edm_steps_for_nfe(nfe)

@@ -99,25 +99,26 @@ def curriculum_stages(K: int, sched: "ScheduleConfig") -> list[tuple[int, int]]:
             for j in range(_num_stages_exp(sched.s0, sched.s1)) if j * k_prime < K]
 
 
-def lognormal_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
-    """iCT discrete lognormal over the N-1 pairs of an ascending grid, float64 [N-1]."""
+def lognormal_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0,
+                          skip: int = 1) -> torch.Tensor:
+    """iCT discrete lognormal over the N-skip pairs (t_i, t_{i+skip}) of an ascending grid, float64 [N-skip]."""
     # p(i) ∝ erf((ln t_{i+1} - P_mean) / (sqrt 2 P_std)) - erf((ln t_i - P_mean) / (sqrt 2 P_std))   (iCT)
     cdf = torch.erf((torch.log(sigmas.double()) - p_mean) / (math.sqrt(2.0) * p_std))
-    p = cdf[1:] - cdf[:-1]
+    p = cdf[skip:] - cdf[:-skip]
     return p / p.sum()
 
 
-def uniform_index_probs(n: int) -> torch.Tensor:
-    """Uniform distribution over the n - 1 pairs of an n-point grid, float64 [n-1]."""
-    return torch.full((n - 1,), 1.0 / (n - 1), dtype=torch.float64)
+def uniform_index_probs(n: int, skip: int = 1) -> torch.Tensor:
+    """Uniform distribution over the n - skip pairs (t_i, t_{i+skip}) of an n-point grid, float64 [n-skip]."""
+    return torch.full((n - skip,), 1.0 / (n - skip), dtype=torch.float64)
 
 
-def index_probs(sigmas: torch.Tensor, sched: "ScheduleConfig") -> torch.Tensor:
-    """Index distribution named by schedule.timestep_dist."""
+def index_probs(sigmas: torch.Tensor, sched: "ScheduleConfig", skip: int = 1) -> torch.Tensor:
+    """Index distribution named by schedule.timestep_dist over the pairs (t_i, t_{i+skip})."""
     if sched.timestep_dist == "lognormal":
-        return lognormal_index_probs(sigmas, sched.p_mean, sched.p_std)
+        return lognormal_index_probs(sigmas, sched.p_mean, sched.p_std, skip)
     if sched.timestep_dist == "uniform":
-        return uniform_index_probs(len(sigmas))
+        return uniform_index_probs(len(sigmas), skip)
     raise ValueError(f"schedule.timestep_dist = {sched.timestep_dist!r}; choose lognormal or uniform")
 
 
@@ -151,13 +152,15 @@ def c_as_coded(n: int, first_stage: bool, d: int) -> float:
 
 
 def scale_c(cfg: "ExperimentConfig", k: int, K: int, d: int) -> float:
-    """The robust-loss scale c at iteration k of K for data dimension d (loss.c)."""
+    """The robust-loss scale c at iteration k of K for data dimension d (loss.c). Distillation has no
+    curriculum: its N is distill.num_timesteps, and as_coded takes the after-first-stage branch."""
     kind = cfg.loss.c
     if kind == "fixed":
         return float(cfg.loss.c0) if cfg.loss.c0 is not None else c_fixed(d)
-    n = num_timesteps(k, K, cfg.schedule)
+    distill = cfg.objective == "distillation"
+    n = cfg.distill.num_timesteps if distill else num_timesteps(k, K, cfg.schedule)
     if kind == "adaptive":
         return c_adaptive(n)
     if kind == "as_coded":
-        return c_as_coded(n, curriculum_stage(k, K, cfg.schedule) == 0, d)
+        return c_as_coded(n, (not distill) and curriculum_stage(k, K, cfg.schedule) == 0, d)
     raise ValueError(f"loss.c = {kind!r}; choose fixed, adaptive or as_coded")

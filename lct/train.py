@@ -176,11 +176,59 @@ class DataOrder:
                 "global_batch": self.B}
 
 
-def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | None = None):
+def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | None = None,
+                   teacher: torch.nn.Module | None = None):
     """The loss object (lct.objectives); a seam where tests wrap the objective."""
     from lct.objectives import build_objective
 
-    return build_objective(cfg, total_steps, resources)
+    return build_objective(cfg, total_steps, resources, teacher)
+
+
+def with_teacher_digest(cfg: ExperimentConfig, teacher: str | Path | None) -> ExperimentConfig:
+    """Objective distillation: the config with distill.teacher_sha256 = the --teacher file's sha256, so a
+    retrained teacher is a changed config (resume refuses, --on-config-change supersede starts afresh)."""
+    if cfg.objective != "distillation":
+        if teacher is not None:
+            raise ConfigError(f"--teacher {teacher}: experiment {cfg.name!r} has objective {cfg.objective!r}; "
+                              "only objective distillation reads a teacher")
+        return cfg
+    if teacher is None:
+        raise ConfigError(f"experiment {cfg.name!r} has objective distillation: give its teacher with "
+                          f"--teacher runs/{cfg.distill.teacher or '<teacher experiment>'}/final.pt")
+    if not Path(teacher).is_file():
+        raise ConfigError(f"--teacher {teacher}: no such file; train the teacher experiment "
+                          f"({cfg.distill.teacher or 'distill.teacher'}) first")
+    from lct.download import sha256_file
+
+    digest = sha256_file(teacher)
+    if cfg.distill.teacher_sha256 not in (None, digest):
+        raise ConfigError(f"--teacher {teacher} has sha256 {digest}, but distill.teacher_sha256 = "
+                          f"{cfg.distill.teacher_sha256}; give the teacher this config was made for, or unset the key")
+    d = cfg.to_dict()
+    d["distill"]["teacher_sha256"] = digest
+    return ExperimentConfig.from_dict(d, where=f"experiment {cfg.name!r}")
+
+
+def load_teacher(cfg: ExperimentConfig, teacher: str | Path | torch.nn.Module, shape: list[int],
+                 dev: torch.device) -> torch.nn.Module:
+    """The frozen teacher denoiser of objective distillation: its distill.teacher_ema weights, checked to be
+    a denoising run on data of this run's shape."""
+    if isinstance(teacher, torch.nn.Module):  # tests: an analytic denoiser
+        return teacher.to(dev).eval().requires_grad_(False)
+    model, tcfg, info = load_checkpoint_model(teacher, cfg.distill.teacher_ema, dev)
+    if tcfg.objective != "denoising":
+        raise ConfigError(f"--teacher {teacher}: experiment {tcfg.name!r} has objective {tcfg.objective!r}; the "
+                          "teacher of distillation is a denoising run (preset ldm_ve)")
+    if list(info["data"]["shape"][1:]) != list(shape[1:]):
+        raise ConfigError(f"--teacher {teacher} was trained on data of shape {info['data']['shape'][1:]}, this run's "
+                          f"data is {shape[1:]}; distill from a teacher of the same dataset")
+    if cfg.distill.init_from_teacher:
+        ours, theirs = cfg.to_dict()["network"], tcfg.to_dict()["network"]
+        diff = [f"network.{k}: {theirs[k]!r} (teacher) vs {ours[k]!r}" for k in ours if k != "dropout" and ours[k] != theirs[k]]
+        if diff:
+            raise ConfigError(f"experiment {cfg.name!r}: distill.init_from_teacher needs the teacher's network, but "
+                              f"{'; '.join(diff)}; match the network or set distill.init_from_teacher: false")
+    return model
 
 
 def fast_path(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
@@ -232,9 +280,11 @@ def _fork_rng(device: torch.device):
 
 
 def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
-          device: str | None = None, quiet: bool = False, resources: str | None = None) -> torch.nn.Module:
+          device: str | None = None, quiet: bool = False, resources: str | None = None,
+          teacher: str | Path | torch.nn.Module | None = None) -> torch.nn.Module:
     """Train (or resume) one experiment; returns the online model (unwrapped). Raises Preempted,
-    BadStepsError, ConfigError."""
+    BadStepsError, ConfigError. `teacher`: the teacher's final.pt (or a denoiser module) of objective
+    distillation."""
     from lct.data import load_training_data
 
     run_dir = Path(run_dir)
@@ -263,15 +313,22 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         with _fork_rng(dev):  # weights depend on train.seed only, identical on every rank
             torch.manual_seed(t.seed)
             model = build_model(cfg, shape[2], shape[1]).to(dev)
+        teacher_net = None
+        if cfg.objective == "distillation":
+            if not isinstance(teacher, torch.nn.Module) and cfg.distill.teacher_sha256 is None:
+                cfg = with_teacher_digest(cfg, teacher)
+            teacher_net = load_teacher(cfg, teacher, shape, dev)
+            if cfg.distill.init_from_teacher:  # CM / LCM: the student starts as the teacher's UNet
+                model.unet.load_state_dict(teacher_net.unet.state_dict())
         ema = EMA(model, t.ema_decays)
         opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-        objective = make_objective(cfg, total, resources)
+        objective = make_objective(cfg, total, resources, teacher_net)
         order = DataOrder(n, t.seed, t.batch_size, rank, world)
         data_meta = {"path": str(data_path), "shape": shape, "info": ckio.plain(info)}
         log = JsonlLog(run_dir / "log.jsonl")
 
         start, bad_total, bad_run = 0, 0, 0
-        latest = ckio.latest_checkpoint(run_dir)
+        latest, state = ckio.latest_checkpoint(run_dir), None
         if latest is not None:
             state = ckio.load(latest)
             diff = _config_diff(state["config"], cfg.to_dict())
@@ -302,6 +359,12 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
 
         fast = fast_path(cfg, dev)
         configure_fast_path(model, fast, dev)
+        if teacher_net is not None:
+            configure_fast_path(teacher_net, fast, dev)
+        if hasattr(objective, "attach"):  # distillation's EMA target theta- (a copy of the online weights)
+            objective.attach(model, compile=fast["compile"])
+            if state is not None:
+                objective.load_state_dict(state.get("objective") or {})
         net: torch.nn.Module = torch.compile(model) if fast["compile"] else model  # online and target share it
         if world > 1:
             # No buffer broadcast: the UNet's buffers are constants, and the objective may run a
@@ -320,6 +383,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                 ckio.save_atomic({
                     "kind": "checkpoint", "config": cfg.to_dict(), "step": step, "model": model.state_dict(),
                     "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": ckio.rng_state(dev),
+                    "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
                     "data": {**data_meta, **order.state(step)}, "world_size": world,
                     "bad_steps": {"total": bad_total, "consecutive": bad_run}}, ckio.ckpt_path(run_dir, step))
                 ckio.prune(run_dir, t.keep_checkpoints)
@@ -350,6 +414,8 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(model)
+            if hasattr(objective, "after_update"):
+                objective.after_update(model)  # distillation: theta- <- mu theta- + (1 - mu) theta
 
         bar = ProgressBar(start, total, enabled=dinfo.is_main and not quiet)
         window, t_window, steps_window = Averager(), time.perf_counter(), 0
@@ -436,6 +502,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "afresh (supersede)")
     p.add_argument("--resources", default=None,
                    help="folder of `lct fetch-weights` (read only by loss.distance elatentlpips)")
+    p.add_argument("--teacher", default=None,
+                   help="objective distillation: the teacher run's final.pt (a denoising run on the same data)")
     return p.parse_args(argv)
 
 
@@ -486,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:  # everything that can be wrong with the command is checked before any work
-        cfg = resolve_config(args.config, args.set)
+        cfg = with_teacher_digest(resolve_config(args.config, args.set), args.teacher)
         check_data_dir(args.data)
     except (ConfigError, FileNotFoundError) as e:
         print(f"lct train: error: {e}", file=sys.stderr)
@@ -502,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         if n > 1:
             launch_torchrun(argv, n)
     try:
-        train(cfg, args.data, args.run_dir, device=args.device, quiet=args.quiet, resources=args.resources)
+        train(cfg, args.data, args.run_dir, device=args.device, quiet=args.quiet, resources=args.resources,
+              teacher=args.teacher)
     except Preempted as e:
         print(f"lct train: preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED

@@ -32,8 +32,8 @@ def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str
     if nan_step >= 0 and rank == 1:  # a non-finite loss on ONE rank only, at one step
         real = T.make_objective
 
-        def make(cfg, total, resources=None):
-            obj = real(cfg, total, resources)
+        def make(cfg, total, resources=None, teacher=None):
+            obj = real(cfg, total, resources, teacher)
 
             def call(net, x0, noise, step, **kw):
                 loss, logs = obj(net, x0, noise, step, **kw)

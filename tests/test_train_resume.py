@@ -23,9 +23,9 @@ def _cmd(cfg: Path, data: Path, run: Path) -> list[str]:
     return ["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--quiet"]
 
 
-def _start_and_interrupt(cfg: Path, data: Path, run: Path, sig: int) -> tuple[int, str]:
+def _start_and_interrupt(cfg: Path, data: Path, run: Path, sig: int, extra: list[str] = ()) -> tuple[int, str]:
     """Start `python -m lct.train` and send `sig` as soon as its first checkpoint exists."""
-    proc = subprocess.Popen([sys.executable, "-m", "lct.train", *_cmd(cfg, data, run)],
+    proc = subprocess.Popen([sys.executable, "-m", "lct.train", *_cmd(cfg, data, run), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while not list_checkpoints(run):
