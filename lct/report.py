@@ -76,11 +76,14 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
     cfg = load_workflow_config(cfg)
     key = _table_key(cfg, table)
     tcfg = cfg["tables"][key]
-    pub_rows = published if isinstance(published, list) else read_published(published)
+    beyond = "published" in tcfg and tcfg["published"] is None  # a table beyond the paper (table_cd)
     pub_id = str(tcfg.get("published", key.removeprefix("table")))
-    pub = [r for r in pub_rows if r["table"] == pub_id]
-    if not pub:
-        raise KeyError(f"no published rows for table {pub_id!r} (tables.{key}.published) in the published numbers")
+    pub = []
+    if not beyond:
+        pub_rows = published if isinstance(published, list) else read_published(published)
+        pub = [r for r in pub_rows if r["table"] == pub_id]
+        if not pub:
+            raise KeyError(f"no published rows for table {pub_id!r} (tables.{key}.published) in the published numbers")
     m = metric_info(cfg)
     eval_dir = Path(eval_dir)
 
@@ -112,23 +115,33 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
                 "Recall (paper, not comparable)", f"Recall (ours, {m['feature']} features)"]
     footnotes = []
     if not m["comparable"]:
-        footnotes.append(f"{m['name']}: Frechet distance in {m['feature']} features on the demo dataset. The published "
-                         "FID and Recall (Inception / VGG16 features on the paper's dataset) are shown for reference only; "
-                         "they are not comparable, so no difference is given.")
+        footnotes.append(f"{m['name']}: Frechet distance in {m['feature']} features on the demo dataset." + (
+            "" if beyond else " The published FID and Recall (Inception / VGG16 features on the paper's dataset) are "
+            "shown for reference only; they are not comparable, so no difference is given."))
     elif "clean" in m["extra"]:
         footnotes.append("FID legacy_pytorch: clean-fid's pytorch-fid mode, the authors' protocol; "
-                         "FID clean: clean-fid's default mode, for reference. Δ = ours − paper.")
+                         "FID clean: clean-fid's default mode, for reference." + ("" if beyond else " Δ = ours − paper."))
     if m["comparable"] and not m["recall_comparable"]:
         footnotes.append(f"Recall (ours) uses {m['recall_feature']} features, not NVIDIA's VGG16 of StyleGAN2-ADA's "
                          "pr50k3_full that the paper used: it is NOT comparable with the published Recall.")
     elif m["comparable"]:
         footnotes.append("Recall: StyleGAN2-ADA pr50k3_full (NVIDIA's VGG16, k = 3, all real images up to 200K "
                          "against the generated set), the authors' protocol.")
+    if beyond:  # no published numbers: drop the paper and difference columns
+        keep = [i for i, c in enumerate(cols) if "paper" not in c and not c.startswith("Δ")]
+        cols = [cols[i] for i in keep]
+        for r in rows:
+            r["cells"] = [r["cells"][i] for i in keep]
+        notes.pop(NOT_REPORTED, None)
     footnotes += [f"{k}: {v}" for k, v in notes.items()]
-    ds = tcfg.get("dataset", pub[0]["dataset"])
-    where = ds if ds == pub[0]["dataset"] else f"{ds}; paper: {pub[0]['dataset']}"
     reading = cfg.get("reading")
-    caption = f"Table {pub_id} ({where}): reproduced beside published"
+    if beyond:
+        ds = tcfg.get("dataset", "")
+        caption = f"{tcfg.get('title', key)} ({ds}): BEYOND THE PAPER, no published numbers to compare with"
+    else:
+        ds = tcfg.get("dataset", pub[0]["dataset"])
+        where = ds if ds == pub[0]["dataset"] else f"{ds}; paper: {pub[0]['dataset']}"
+        caption = f"Table {pub_id} ({where}): reproduced beside published"
     if reading in READING_CAPTIONS:
         caption += f"; {READING_CAPTIONS[reading]}"
     if cfg.get("random_weights_for_tests"):

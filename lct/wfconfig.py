@@ -87,14 +87,37 @@ def check_references(config: dict[str, Any]) -> None:
 
 
 def resolve_all(config: dict[str, Any]) -> dict[str, ExperimentConfig]:
-    """Every experiment resolved (reading < preset < defaults < overrides); errors name the experiment."""
+    """Every experiment resolved (reading < preset < defaults < overrides); errors name the experiment.
+    A distillation experiment must name a denoising experiment of its dataset as `teacher`."""
     out = {}
     for name in config["experiments"]:
         try:
             out[name] = resolve_workflow_experiment(config, name)
         except ConfigError as e:
             raise ConfigError(f"workflow config: experiments.{name}: {e}") from e
+    for name, cfg in out.items():
+        teacher = config["experiments"][name].get("teacher")
+        where = f"workflow config: experiments.{name}"
+        if cfg.objective == "distillation" and not teacher:
+            raise ConfigError(f"{where}: objective distillation needs `teacher: <a denoising experiment>` "
+                              "(e.g. the dataset's ldm_ve run)")
+        if teacher and cfg.objective != "distillation":
+            raise ConfigError(f"{where}.teacher: only objective distillation (preset cd) reads a teacher")
+        if teacher:
+            if teacher not in out:
+                raise ConfigError(f"{where}.teacher = {teacher!r} is not a key of `experiments`")
+            if out[teacher].objective != "denoising":
+                raise ConfigError(f"{where}.teacher = {teacher!r} has objective {out[teacher].objective!r}; the "
+                                  "teacher must be a denoising run (preset ldm_ve)")
+            if out[teacher].dataset != cfg.dataset:
+                raise ConfigError(f"{where}.teacher = {teacher!r} trains on {out[teacher].dataset!r}, not "
+                                  f"{cfg.dataset!r}; distill from a teacher of the same dataset")
     return out
+
+
+def paper_tables(config: dict[str, Any]) -> list[str]:
+    """The tables that reproduce the paper's (`published` names a table id); the others are beyond it."""
+    return [t for t, d in config["tables"].items() if d.get("published")]
 
 
 def _common(config: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +183,10 @@ PAPER_TARGETS = {
     "table2c": "Table 2c (CelebA-HQ, 1 NFE): the robust distance (L2, E-LatentLPIPS, Pseudo-Huber, "
                "Geman-McClure, Cauchy) with the rest of the method.",
     "table2d": "Table 2d (CelebA-HQ, 1 NFE): the norm layer of the UNet (GN, IN, LN, RMS, NsLN).",
+    "table_cd": "Beyond the paper (not in arXiv 2502.01441): consistency training (iLCT, sLCT) against consistency "
+                "distillation (Song et al. 2023, Algorithm 2) from the pipeline's own VE latent diffusion teacher, "
+                "with L2, Pseudo-Huber and Cauchy distances, at 1 and 2 NFE, and the teacher at its sampler's NFE; "
+                "the same data, network and evaluation as Table 1a.",
     "fig1": "Figure 1: box-and-whisker statistics of normalized latent vs pixel data (left) and of the "
             "temporal differences of a latent and a pixel iCT model (right); fences and outliers marked.",
     "fig2": "Figure 2: the robust losses and their derivatives against the residual.",

@@ -102,6 +102,25 @@ def test_table_demo_metric_is_not_called_fid(tmp_path):
     assert [r["status"] for r in rows] == ["computed", "not run", "not configured", "not configured", "not computed"]
 
 
+def test_table_beyond_the_paper_has_no_published_columns(tmp_path):
+    """table_cd (published: null): our numbers only, its title in the caption, no paper or Δ columns."""
+    cfg = {"name": "paper", "reading": "as_coded",
+           "evaluation": {"feature": "inception", "fid_modes": ["legacy_pytorch", "clean"]},
+           "tables": {"table_cd": {"published": None, "title": "CT vs CD in latent space (not in the paper)",
+                                   "dataset": "celebahq256", "rows": [
+                                       {"model": "iLCT", "experiment": "c_ilct", "nfe": 1},
+                                       {"model": "CD, L2", "experiment": "c_cd", "nfe": 1},
+                                       {"model": "CD, L2", "experiment": "c_cd", "nfe": 2}]}}}
+    ev = tmp_path / "eval"
+    _eval(ev, "c_cd", 1, {"legacy_pytorch": 9.5, "clean": 10.25}, 0.41)
+    paths = report.make_table(cfg, "table_cd", "/nonexistent.csv", ev, tmp_path / "table_cd")
+    md = paths[1].read_text()
+    assert md.startswith("**CT vs CD in latent space (not in the paper) (celebahq256): BEYOND THE PAPER")
+    assert "paper)" not in md.split("\n")[2] and "Δ" not in md
+    assert "| CD, L2 | 1 | 9.50 | 10.25 | 0.41 |" in md and "| CD, L2 | 2 | — | — | — |" in md
+    assert [r["status"] for r in _read_csv(paths[0])] == ["not computed", "computed", "not computed"]
+
+
 def test_table_errors_name_the_key(tmp_path):
     with pytest.raises(KeyError, match="tables"):
         report.make_table(PAPER_CFG, "table9z", PUBLISHED, tmp_path, tmp_path / "x")

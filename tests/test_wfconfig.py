@@ -43,6 +43,22 @@ def test_a_broken_reference_names_its_key(paper, edit, named):
     assert named in str(e.value)
 
 
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["experiments"]["celebahq_cd_l2"].pop("teacher"), "needs `teacher:"),
+    (lambda c: c["experiments"]["celebahq_cd_l2"].update(teacher="nope"), "teacher = 'nope' is not a key"),
+    (lambda c: c["experiments"]["celebahq_cd_l2"].update(teacher="celebahq_ilct"), "must be a denoising run"),
+    (lambda c: c["experiments"]["celebahq_cd_l2"].update(teacher="ffhq_ldm"), "of the same dataset"),
+    (lambda c: c["experiments"]["celebahq_slct"].update(teacher="celebahq_ldm"), "only objective distillation"),
+])
+def test_a_distillation_teacher_is_checked(paper, edit, named):
+    cfg = copy.deepcopy(paper)
+    edit(cfg)
+    with pytest.raises(ConfigError, match="experiments.celebahq_") as e:
+        resolve_all(cfg)
+    assert named in str(e.value)
+    assert resolve_all(paper)["celebahq_cd_cauchy"].distill.teacher == "celebahq_ldm"
+
+
 def test_a_bad_override_names_the_experiment(paper):
     cfg = copy.deepcopy(paper)
     cfg["experiments"]["celebahq_2d_ln"]["overrides"]["network"]["nrom"] = "layer"

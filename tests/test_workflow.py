@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -94,8 +93,9 @@ def test_paper_config_has_one_experiment_per_distinct_run(overlay, reading):
     cfg = reading_config(overlay)
     assert cfg["reading"] == reading
     exps = cfg["experiments"]
-    # Table 1: 9; Table 2: 4 + 2 + 4 + 3; the pixel iCT run (Figure 1); the other reading's c (Figure 3).
-    assert len(exps) == 9 + 13 + 1 + 1 == 24
+    # Table 1: 9; Table 2: 4 + 2 + 4 + 3; the pixel iCT run (Figure 1); the other reading's c (Figure 3);
+    # beyond the paper, table_cd's three distilled students.
+    assert len(exps) == 9 + 13 + 1 + 1 + 3 == 27
     resolved = {}
     for name in exps:
         d = resolve_workflow_experiment(cfg, name).to_dict()
@@ -121,7 +121,7 @@ def test_paper_text_dry_run_schedules_the_same_runs_under_its_own_name(tmp_path)
     args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + [str(ROOT / "config/paper_text.yaml")]
     r = snakemake(args + ["--dry-run", "all"])
     assert r.returncode == 0, r.stdout[-3000:]
-    assert job_counts(r.stdout).get("train") == 24
+    assert job_counts(r.stdout).get("train") == 27
     assert "results/paper_text/runs/celebahq_slct/final.pt" in r.stdout and "results/paper/" not in r.stdout
 
 
@@ -132,12 +132,12 @@ def test_paper_dry_run_schedules_one_train_job_per_experiment(profile, tmp_path)
     r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"), profile) + ["--dry-run", "all"])
     assert r.returncode == 0, r.stdout[-3000:]
     counts = job_counts(r.stdout)
-    assert counts.get("train") == len(paper_experiments()) == 24, counts
+    assert counts.get("train") == len(paper_experiments()) == 27, counts
     # One evaluation per distinct (experiment, NFE) cell of the tables, not one per row.
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     cells = {(row["experiment"], row["nfe"]) for t in cfg["tables"].values() for row in t["rows"]}
     assert counts.get("evaluate") == len(cells), counts
-    assert counts.get("table") == 7 and counts.get("fetch_weights") == 1, counts
+    assert counts.get("table") == 8 and counts.get("fetch_weights") == 1, counts  # the paper's seven + table_cd
 
 
 def test_demo_dry_run_builds_every_table_and_figure(tmp_path):
@@ -148,14 +148,35 @@ def test_demo_dry_run_builds_every_table_and_figure(tmp_path):
     assert counts.get("train") == len(demo["experiments"]), counts
     for rule in ("train_vae", "train_classifier", "fig1_figure", "fig2_figure", "fig3_figure", "stats_td"):
         assert counts.get(rule, 0) >= 1, (rule, counts)
-    assert counts.get("table") == 7 and "fetch_weights" not in counts, counts
+    assert counts.get("table") == 8 and "fetch_weights" not in counts, counts
 
 
 def test_named_targets_resolve(tmp_path):
-    targets = ["all_tables", "all_figures", "table1a", "table1b", "table1c", "table2a", "table2b", "table2c",
+    targets = ["all_tables", "all_figures", "table_cd", "table1a", "table1b", "table1c", "table2a", "table2b", "table2c",
                "table2d", "fig1", "fig2", "fig3", "samples", "fetch_weights"]
     r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + ["--dry-run", *targets])
     assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_all_tables_is_the_papers_seven_and_table_cd_shares_the_teacher(tmp_path):
+    """`all_tables` builds the paper's tables only; `table_cd` trains the teacher (Table 1a's LDM) once
+    with the CT runs it shares with Table 1a, and one job per distilled student, after the teacher."""
+    args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"))
+    r = snakemake(args + ["--dry-run", "all_tables"])
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert job_counts(r.stdout).get("table") == 7 and "table_cd" not in r.stdout
+    r = snakemake(args + ["--dry-run", "--printshellcmds", "table_cd"])
+    assert r.returncode == 0, r.stdout[-2000:]
+    counts = job_counts(r.stdout)
+    assert counts.get("train") == 6 and counts.get("table") == 1, counts  # teacher, iLCT, sLCT, 3 students
+    trains = set(re.findall(r"results/paper/runs/(\w+)/final.pt", r.stdout))
+    assert trains == {"celebahq_ldm", "celebahq_ilct", "celebahq_slct", "celebahq_cd_l2", "celebahq_cd_huber",
+                      "celebahq_cd_cauchy"}
+    # each student's command reads the teacher's final.pt; the CT runs' commands read no teacher
+    cmds = [ln for ln in r.stdout.splitlines() if "lct train --config" in ln]
+    assert len(cmds) == 6
+    for c in cmds:
+        assert ("--teacher results/paper/runs/celebahq_ldm/final.pt" in c) == ("celebahq_cd_" in c), c
 
 
 def test_cell_target_builds_one_experiment_and_its_table(tmp_path):

@@ -8,6 +8,7 @@ from lct.wfconfig import (
     canonical,
     check_references,
     figure_slice,
+    paper_tables,
     report_caption,
     resolve_all,
     table_slice,
@@ -16,15 +17,8 @@ from lct.wfconfig import (
 RESULTS = f"results/{config['name']}"
 RES = config["resources_dir"]
 ENV = "../../envs/environment.yaml"  # relative to workflow/rules/*.smk
-TABLE_NAMES = [
-    "table1a",
-    "table1b",
-    "table1c",
-    "table2a",
-    "table2b",
-    "table2c",
-    "table2d",
-]
+# The paper's seven tables, and table_cd (beyond the paper) where configured.
+TABLE_NAMES = list(config["tables"])
 
 
 def _fail(message):
@@ -193,7 +187,14 @@ def train_inputs(wildcards):
         and needs_fetch()
     ):
         inputs["weights"] = fetch_marker()
+    teacher = config["experiments"][wildcards.experiment].get("teacher")
+    if teacher:  # consistency distillation: the teacher run trains first
+        inputs["teacher"] = final_path(teacher)
     return inputs
+
+
+def teacher_arg(wildcards, input):
+    return f"--teacher {input.teacher}" if "teacher" in input.keys() else ""
 
 
 def train_data_dir(wildcards):
@@ -439,6 +440,12 @@ def _table_target(table):
 
 
 def all_table_files(wildcards):
+    """`all_tables`: the paper's tables (those with a `published` id)."""
+    return [f for t in paper_tables(config) for f in table_files(t)]
+
+
+def every_table_file(wildcards):
+    """`all`: the paper's tables and those beyond it (table_cd)."""
     return [f for t in config["tables"] for f in table_files(t)]
 
 

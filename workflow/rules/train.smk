@@ -19,6 +19,8 @@ rule experiment_config:
 # them, and rerunning the same command resumes. Several GPUs: `lct train --gpus N` starts torchrun
 # inside the one job. When the experiment's settings changed, `lct train --on-config-change
 # supersede` moves the old state aside (runs/<e>/superseded-<time>/, never deleted) and starts afresh.
+# Consistency distillation (experiments.<e>.teacher) also reads the teacher's final.pt; a retrained
+# teacher changes distill.teacher_sha256, which lct train treats as changed settings.
 rule train:
     input:
         unpack(train_inputs),
@@ -34,10 +36,11 @@ rule train:
         data=train_data_dir,
         run_dir=run_dir,
         res=RES,
+        teacher=teacher_arg,
     shell:
         "lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} "
-        "--resources {params.res} --gpus {resources.gpu} --on-config-change supersede --quiet "
-        ">> {log} 2>&1"
+        "--resources {params.res} {params.teacher} --gpus {resources.gpu} --on-config-change supersede "
+        "--quiet >> {log} 2>&1"
 
 
 # The demo's metric: a small digit classifier whose features replace Inception.
