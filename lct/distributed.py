@@ -82,3 +82,67 @@ def mean_scalars(values: dict[str, float], device: torch.device) -> dict[str, fl
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= dist.get_world_size()
     return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+class GradientAverager:
+    """Average the gradients over the ranks in FIXED buckets, overlapped with the backward pass.
+
+    Why not DistributedDataParallel: DDP re-packs its gradient buckets in gradient-ready order after
+    its first iteration, so a run resumed from a checkpoint (whose first iteration packs them the
+    initial way) sums each element over the ranks in another order than the uninterrupted run, and
+    the two end with different weights. Here the buckets are fixed (reverse parameter order, about
+    `bucket_mb` each) and launched strictly in bucket order as their gradients become ready, so a
+    resumed multi-GPU run ends with exactly the weights of an uninterrupted one, and the collectives
+    are issued in the same order on every rank even when the ranks' graphs differ.
+
+    Usage per step: `loss.backward()` (hooks launch the complete buckets), then `finish()`.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], world_size: int, bucket_mb: float = 25.0) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.world = world_size
+        buckets: list[list[torch.nn.Parameter]] = [[]]
+        size = 0
+        for p in reversed(self.params):  # gradients become ready roughly from the output backwards
+            if buckets[-1] and size + p.numel() * p.element_size() > bucket_mb * 2**20:
+                buckets.append([])
+                size = 0
+            buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self.buckets = buckets
+        self._bucket_of = {id(p): i for i, b in enumerate(buckets) for p in b}
+        self._reset()
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(self._ready)
+
+    def _reset(self) -> None:
+        self._missing = [len(b) for b in self.buckets]
+        self._launched: list[tuple[torch.Tensor, object]] = []
+
+    def _ready(self, p: torch.nn.Parameter) -> None:
+        self._missing[self._bucket_of[id(p)]] -= 1
+        self._launch_ready()
+
+    def _launch(self, i: int) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.buckets[i]]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        self._launched.append((flat, dist.all_reduce(flat, async_op=True)))
+
+    def _launch_ready(self) -> None:
+        """Launch buckets in index order while the next one is complete (same order on every rank)."""
+        while len(self._launched) < len(self.buckets) and self._missing[len(self._launched)] == 0:
+            self._launch(len(self._launched))
+
+    def finish(self) -> None:
+        """Launch what is left (parameters without a gradient count as zeros), wait, write the means back."""
+        while len(self._launched) < len(self.buckets):
+            self._launch(len(self._launched))
+        for (flat, work), bucket in zip(self._launched, self.buckets):
+            work.wait()
+            flat.div_(self.world)
+            for p, g in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+                if p.grad is None:
+                    p.grad = g.view_as(p).clone()
+                else:
+                    p.grad.copy_(g)
+        self._reset()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import math
 import signal
 import sys
@@ -346,16 +345,16 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         if dinfo.is_main:
             save_experiment(cfg, run_dir / "config.yaml")
             log.truncate_after(start)
-            if not quiet:
-                from lct.config import run_length
+            # Printed under --quiet too (it only hides the progress bar): the job log says where a run resumed.
+            from lct.config import run_length
 
-                stages = (run_length(cfg, n) or {}).get("curriculum")
-                if stages:
-                    print("lct train: curriculum (eq. 10): " + ", ".join(
-                        f"N={c['N']} from iteration {c['from_iteration']}" for c in stages), file=sys.stderr)
-                print(f"lct train: {cfg.name}: {n} images {shape[1:]}, {total} steps of {t.batch_size} "
-                      f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
-                                                            if latest else "starting"), file=sys.stderr)
+            stages = (run_length(cfg, n) or {}).get("curriculum")
+            if stages:
+                print("lct train: curriculum (eq. 10): " + ", ".join(
+                    f"N={c['N']} from iteration {c['from_iteration']}" for c in stages), file=sys.stderr)
+            print(f"lct train: {cfg.name}: {n} images {shape[1:]}, {total} steps of {t.batch_size} "
+                  f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
+                                                        if latest else "starting"), file=sys.stderr, flush=True)
 
         fast = fast_path(cfg, dev)
         configure_fast_path(model, fast, dev)
@@ -366,14 +365,9 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             if state is not None:
                 objective.load_state_dict(state.get("objective") or {})
         net: torch.nn.Module = torch.compile(model) if fast["compile"] else model  # online and target share it
-        if world > 1:
-            # No buffer broadcast: the UNet's buffers are constants, and the objective may run a
-            # different number of forward passes per rank (the diffusion loss only when its local
-            # batch has small-t pairs), which per-forward broadcasts would deadlock.
-            ddp = torch.nn.parallel.DistributedDataParallel
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
-                       else {"broadcast_buffers": False})  # the older name (torch < 2.13)
-            net = ddp(net, device_ids=[dev.index] if dev.type == "cuda" else None, **no_sync)
+        # Several ranks: gradients averaged in fixed buckets (ddist.GradientAverager, not DDP, whose
+        # re-packed buckets would make a resumed run differ from an uninterrupted one).
+        averager = ddist.GradientAverager(list(model.parameters()), world) if world > 1 else None
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
         memory_format = torch.channels_last if fast["channels_last"] else torch.contiguous_format
@@ -400,13 +394,15 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
 
         def forward_backward(step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
             """Loss, gradient norm (device tensors) and logs; backward always runs, so every rank
-            all-reduces its gradients and a non-finite loss shows up in the norm on every rank."""
+            averages its gradients and a non-finite loss shows up in the norm on every rank."""
             x0, noise, gen = batch(step)
             with _fork_rng(dev):  # dropout and any module randomness: also from (seed, rank, step)
                 torch.manual_seed(step_seed(t.seed, rank, step, stream=1))
                 per_sample, logs = objective(net, x0, noise, step, generator=gen, shard=(rank, world))
                 loss = per_sample.float().mean()
                 loss.backward()
+                if averager is not None:
+                    averager.finish()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # no sync: a tensor
             return loss.detach(), grad_norm, logs
 
@@ -493,7 +489,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (the start / resume line is still printed)")
     p.add_argument("--gpus", type=int, default=None,
                    help="GPUs for this run: > 1 starts torchrun with min(N, visible GPUs) ranks (N gloo ranks on a "
                         "machine without CUDA); 0/1: one process")

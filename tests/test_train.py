@@ -147,8 +147,8 @@ def test_nan_guard_skips_and_stops(tmp_path, monkeypatch, capsys):
     real = T.make_objective
 
     def wrapped(steps):
-        def factory(cfg, total, resources=None):
-            made.append(NaNAt(real(cfg, total, resources), steps))
+        def factory(cfg, total, resources=None, teacher=None):
+            made.append(NaNAt(real(cfg, total, resources, teacher), steps))
             return made[-1]
         return factory
 

@@ -112,3 +112,42 @@ def test_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
 
     last = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-1]
     assert last["bad_steps"] == 1
+
+
+@pytest.mark.slow
+def test_sigterm_under_two_ranks_checkpoints_and_the_rerun_is_the_uninterrupted_run(tmp_path):
+    """`lct train --gpus 2` (torchrun, 2 gloo ranks): SIGTERM to torchrun after the first checkpoint makes
+    every rank stop at the same step, rank 0 save, all exit; the rerun resumes there and ends with EXACTLY the
+    weights of an uninterrupted 2-rank run (fixed gradient buckets: lct.distributed.GradientAverager)."""
+    import signal
+    import subprocess
+    import sys
+
+    from lct.checkpoint import list_checkpoints
+
+    data = make_dataset(tmp_path, n=64)
+    cfg = make_experiment(tmp_path, preset="slct", total_steps=30, batch_size=8, checkpoint_every=10,
+                          keep_checkpoints=10, log_every=10)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(run):
+        return [sys.executable, "-m", "lct.cli", "train", "--config", str(cfg), "--data", str(data),
+                "--run-dir", str(run), "--gpus", "2", "--quiet"]
+
+    ref = subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(cmd(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # to torchrun (lct train exec'd it), which forwards it to both ranks
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "preempted" in err, err[-3000:]
+    stopped_at = list_checkpoints(run)[-1][0]
+    assert 10 <= stopped_at < 30 and not (run / "final.pt").exists()
+    again = subprocess.run(cmd(run), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"resuming at step {stopped_at}" in again.stderr, again.stderr[-3000:]
+    a, b = load(tmp_path / "ref" / "final.pt"), load(run / "final.pt")
+    assert state_equal(a["model"], b["model"]) and all(state_equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
