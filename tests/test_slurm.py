@@ -4,9 +4,9 @@ Skipped when no scheduler answers (`scontrol ping`). Every snakemake call runs u
 subprocess timeout so a hang fails the test. The end-to-end test runs the REAL workflow
 (workflow/Snakefile, `lct` commands) on the tiny tests/configs/slurm-mini.yaml with the user's
 command `snakemake --profile slurm table1a --configfile ...` and compares its table with the same
-configuration run locally (profiles/local). The drills (time limit -> resume, scancel, wrong
-account / partition) drive the tiny tests/slurm/Snakefile (STAND-IN commands, see that file) so
-a 1-minute time limit is reached in seconds of work. Test-cluster overrides are environment
+configuration run locally (profiles/local). The requeue (preemption) and time-limit drills run the
+real `lct train` through the real workflow (tests/configs/slurm-drill.yaml). The scancel and wrong
+account / partition drills drive the tiny tests/slurm/Snakefile (STAND-IN commands, see that file). Test-cluster overrides are environment
 variables (SBATCH_ACCOUNT / SBATCH_PARTITION) and command-line flags only; profiles/slurm is
 used unchanged.
 """
@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -195,19 +194,107 @@ def _tensors_equal(a: Path, b: Path) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-def test_timeout_is_resubmitted_and_resumes_from_checkpoint(tmp_path):
-    out = tmp_path / "timeout"
-    # 1-minute limit, no early signal: the job really hits its time limit (100 steps x 1 s)
-    proc, took = _snakemake(["--config", f"out={out}", "nfe=1", "steps=100", "step_seconds=1",
-                             *_profile_train_resources(runtime=1, slurm_extra="''")], timeout=270)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ids = _job_ids(proc.stderr)
-    first, second = _sacct(ids[0]), _sacct(ids[1])
-    assert first["state"] == "TIMEOUT" and second["state"] == "COMPLETED", (first, second)
-    starts = _starts(out / "runs" / "mini")
-    assert [s["slurm_job_id"] for s in starts] == ids[:2]
-    assert starts[0]["step"] == 0 and starts[1]["step"] >= 50, starts  # resumed, not from step 0
-    print(f"  timeout drill: resumed at step {starts[1]['step']} of 100, {took:.1f} s")
+DRILL = "tests/configs/slurm-drill.yaml"  # overlay: drill_requeue, drill_timeout on slurm-mini's data
+
+
+def _real_drill(experiment: str, extra: list[str]) -> tuple[subprocess.Popen, Path, list[str]]:
+    """Start `snakemake --profile slurm <the experiment's final.pt>` on the real workflow (slurm-mini + the
+    drill overlay) in the background; returns the process, the run dir and the command."""
+    run = ROOT / "results" / "slurm-mini" / "runs" / experiment
+    shutil.rmtree(run, ignore_errors=True)
+    env = {**os.environ, "SBATCH_ACCOUNT": "lct_ci", "SBATCH_PARTITION": "gpu"}
+    cmd = ["snakemake", "--profile", "slurm", f"results/slurm-mini/runs/{experiment}/final.pt",
+           "--configfile", MINI, DRILL, *_profile_threads(1), *extra,
+           "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True), run, cmd
+
+
+def _running_train_job(experiment: str, timeout: float = 180) -> str:
+    """The SLURM job id of the experiment's running train job (the plugin's --comment names the rule)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], capture_output=True, text=True,
+                             timeout=30).stdout
+        for line in out.splitlines():
+            if f"rule_train_wildcards_{experiment}" in line:
+                return line.split()[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no running train job for {experiment} within {timeout} s")
+
+
+def _sacct_history(jobid: str) -> list[str]:
+    """Every state the job went through (sacct -D lists the instances of a requeued job)."""
+    out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", jobid, "-o", "State"], capture_output=True,
+                         text=True, timeout=30).stdout
+    return [ln.split()[0] for ln in out.splitlines() if ln.strip()]
+
+
+def test_requeued_training_job_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
+    """`scontrol requeue` (what PreemptMode=REQUEUE does to a job) of the real `lct train` job (4 torchrun
+    ranks) after its first checkpoint: SIGTERM reaches the ranks, they save and exit; SLURM puts the same job
+    id back in the queue; the plugin keeps waiting; the job starts again, resumes from that checkpoint, and
+    its final.pt has exactly the tensors of an uninterrupted run of the same command."""
+    from lct.checkpoint import list_checkpoints
+
+    proc, run, cmd = _real_drill("drill_requeue", [])
+    try:
+        jobid = _running_train_job("drill_requeue")
+        deadline = time.monotonic() + 180
+        while not list_checkpoints(run):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the job ended"
+            time.sleep(0.05)
+        subprocess.run(["scontrol", "requeue", jobid], check=True, timeout=30)
+        # SLURM holds a requeued batch job for about two minutes (Reason=BeginTime) once its processes have
+        # ended; release it then (the hold is the scheduler's, not what this drill is about).
+        for _ in range(120):
+            state = subprocess.run(["squeue", "-h", "-j", jobid, "-o", "%T %r"], capture_output=True, text=True,
+                                   timeout=30).stdout.split()
+            if state[:2] == ["PENDING", "BeginTime"]:
+                break
+            time.sleep(0.5)
+        subprocess.run(["scontrol", "update", f"jobid={jobid}", "StartTime=now"], check=True, timeout=30)
+        text, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, text[-4000:]
+    history = _sacct_history(jobid)
+    assert history[0] == "REQUEUED" and history[-1] == "COMPLETED", history
+    log = (ROOT / "results/slurm-mini/logs/train/drill_requeue.log").read_text()
+    resumed = re.search(r"resuming at step (\d+)", log)
+    assert resumed and 10 <= int(resumed.group(1)) < 40, log[-3000:]
+    print(f"\n  requeue drill: job {jobid} {' -> '.join(history)}, resumed at step {resumed.group(1)} of 40")
+
+    # the uninterrupted run: the same lct train command (4 ranks, one thread each), locally
+    cfg_path = ROOT / "results/slurm-mini/configs/drill_requeue.yaml"
+    ref = subprocess.run(["lct", "train", "--config", str(cfg_path), "--data", "results/slurm-mini/data/mnist/latents",
+                          "--run-dir", str(tmp_path / "ref"), "--gpus", "4", "--quiet"], cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert _tensors_equal(run / "final.pt", tmp_path / "ref" / "final.pt")
+
+
+def test_time_limit_signal_checkpoints_and_the_retry_resumes():
+    """The real `lct train` job (4 ranks) runs past a 1-minute time limit: SLURM's SIGTERM at the limit
+    reaches the ranks, they save a checkpoint (the run has no other: checkpoint_every is 100,000) and exit
+    within KillWait; the job ends TIMEOUT; the profile's `retries` resubmit it and it resumes there."""
+    # runtime 1 min, and no early --signal, so the job really reaches its limit
+    proc, run, cmd = _real_drill("drill_timeout", _profile_train_resources(runtime=1, slurm_extra="''"))
+    try:
+        text, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, text[-4000:]
+    ids = [j for j, r in _submissions(text).items() if r == "train"]
+    states = [_sacct(j)["state"] for j in ids]
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (ids, states)
+    log = (ROOT / "results/slurm-mini/logs/train/drill_timeout.log").read_text()
+    resumed = re.search(r"resuming at step (\d+)", log)
+    assert resumed and 0 < int(resumed.group(1)) < 400, log[-3000:]
+    assert (run / "final.pt").is_file()
+    print(f"\n  time-limit drill: jobs {ids} {states}, resumed at step {resumed.group(1)} of 400")
 
 
 def test_scancel_is_noticed_and_run_ends(tmp_path):
