@@ -4,15 +4,15 @@
 # On a login node with internet: every pretrained file under resources_dir, so compute nodes run offline.
 rule fetch_weights:
     output:
-        touch(fetch_marker()),
-        fid_reference_downloads(),
+        touch(R.fetch_marker()),
+        R.fid_reference_downloads(),
     log:
         f"{RES}/logs/fetch_weights.log",
     conda:
         ENV
     params:
-        flags=fetch_flags(),
-        out=output_dir,
+        flags=R.fetch_flags(),
+        out=R.output_dir,
     shell:
         "lct fetch-weights --out {params.out} {params.flags} > {log} 2>&1"
 
@@ -27,9 +27,9 @@ rule download_data:
     conda:
         ENV
     params:
-        source=source_args,
-        resolution=resolution,
-        out=dataset_dir,
+        source=R.source_args,
+        resolution=R.resolution,
+        out=R.dataset_dir,
     shell:
         "lct prepare-data --dataset {wildcards.dataset} {params.source} --resolution {params.resolution} "
         "--out {params.out} --download-only > {log} 2>&1"
@@ -37,7 +37,7 @@ rule download_data:
 
 rule prepare_data:
     input:
-        prepare_inputs,
+        R.prepare_inputs,
     output:
         f"{RESULTS}/data/{{dataset}}/images.npy",
     log:
@@ -45,9 +45,9 @@ rule prepare_data:
     conda:
         ENV
     params:
-        source=source_args,
-        resolution=resolution,
-        out=output_dir,
+        source=R.source_args,
+        resolution=R.resolution,
+        out=R.output_dir,
     shell:
         "lct prepare-data --dataset {wildcards.dataset} {params.source} "
         "--resolution {params.resolution} --out {params.out} > {log} 2>&1"
@@ -56,7 +56,7 @@ rule prepare_data:
 # The demo's tiny AutoencoderKL (hub weights cannot be fetched offline).
 rule train_vae:
     input:
-        train_vae_images,
+        R.train_vae_images,
     output:
         directory(f"{RES}/{{vae}}"),
     log:
@@ -64,16 +64,14 @@ rule train_vae:
     conda:
         ENV
     params:
-        data=train_vae_data,
-        args=train_vae_args,
+        args=R.train_vae_args,
     shell:
-        "lct train-vae --data {params.data} --out {output} {params.args} "
-        "--threads {threads} > {log} 2>&1"
+        "lct train-vae {params.args} --out {output} " "--threads {threads} > {log} 2>&1"
 
 
 rule encode:
     input:
-        unpack(encode_inputs),
+        unpack(R.encode_inputs),
     output:
         f"{RESULTS}/data/{{dataset}}/latents/latents.npy",
         f"{RESULTS}/data/{{dataset}}/latents/norm.npz",
@@ -82,20 +80,17 @@ rule encode:
     conda:
         ENV
     params:
-        vae=encode_vae,
-        normalization=normalization,
-        posterior=posterior_args,
-        data=images_dir,
-        out=output_dir,
+        args=R.encode_args,
+        data=R.images_dir,
+        out=R.output_dir,
     shell:
-        "lct encode --data {params.data} --vae {params.vae} --normalization {params.normalization} "
-        "{params.posterior} --out {params.out} > {log} 2>&1"
+        "lct encode --data {params.data} {params.args} --out {params.out} > {log} 2>&1"
 
 
 # Figure 1 (left): box-and-whisker statistics of normalized latents vs pixels.
 rule stats_data:
     input:
-        unpack(fig1_data_inputs),
+        unpack(R.fig1_data_inputs),
     output:
         f"{RESULTS}/stats/fig1_data.json",
     log:
@@ -103,7 +98,6 @@ rule stats_data:
     conda:
         ENV
     params:
-        dirs=fig1_dirs,
+        args=R.fig1_data_args,
     shell:
-        "lct stats data --latents {params.dirs[latents]} --pixels {params.dirs[pixels]} "
-        "--out {output} > {log} 2>&1"
+        "lct stats data {params.args} --out {output} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule table_config:
     log:
         f"{RESULTS}/logs/table_config/{{table}}.log",
     params:
-        content=table_slice_json,
+        content=R.table_slice_json,
     run:
         write_yaml(params.content, output[0], log[0])
 
@@ -19,7 +19,7 @@ rule figure_config:
     log:
         f"{RESULTS}/logs/figure_config/{{figure}}.log",
     params:
-        content=figure_slice_json,
+        content=R.figure_slice_json,
     run:
         write_yaml(params.content, output[0], log[0])
 
@@ -27,7 +27,7 @@ rule figure_config:
 # Reproduced rows from eval/<experiment>/nfe<k>.json; rows with experiment: null are marked with their reason.
 rule table:
     input:
-        unpack(table_inputs),
+        unpack(R.table_inputs),
     output:
         report(
             f"{RESULTS}/tables/{{table}}.csv",
@@ -43,8 +43,8 @@ rule table:
         ENV
     params:
         eval_dir=f"{RESULTS}/eval",
-        out=output_prefix,
-        caption=table_caption,
+        out=R.output_prefix,
+        caption=R.table_caption,
     shell:
         "lct report table --table {wildcards.table} --config {input.config} --published {input.published} "
         "--eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
@@ -52,7 +52,7 @@ rule table:
 
 rule fig1_figure:
     input:
-        unpack(fig1_inputs),
+        unpack(R.fig1_inputs),
     output:
         report(
             f"{RESULTS}/figures/fig1.png",
@@ -66,8 +66,8 @@ rule fig1_figure:
     conda:
         ENV
     params:
-        out=output_prefix,
-        caption=figure_caption("fig1"),
+        out=R.output_prefix,
+        caption=R.figure_caption("fig1"),
     shell:
         "lct report figure --figure fig1 --data-stats {input.data} --td-latent {input.td_latent} "
         "--td-pixel {input.td_pixel} --out {params.out} > {log} 2>&1"
@@ -88,17 +88,17 @@ rule fig2_figure:
     conda:
         ENV
     params:
-        out=output_prefix,
-        caption=figure_caption("fig2"),
+        out=R.output_prefix,
+        caption=R.figure_caption("fig2"),
     shell:
         "lct report figure --figure fig2 --out {params.out} > {log} 2>&1"
 
 
 rule fig3_figure:
     input:
-        snapshots=fig3_inputs,
+        snapshots=R.fig3_inputs,
         config=f"{RESULTS}/configs/figures/fig3.yaml",
-        data=fig3_data_file,
+        data=R.fig3_data_file,
     output:
         report(
             f"{RESULTS}/figures/fig3.png",
@@ -112,9 +112,9 @@ rule fig3_figure:
     conda:
         ENV
     params:
-        out=output_prefix,
-        curriculum=fig3_curriculum,
-        caption=figure_caption("fig3"),
+        out=R.output_prefix,
+        curriculum=R.fig3_curriculum,
+        caption=R.figure_caption("fig3"),
     shell:
         "lct report figure --figure fig3 --config {input.config} --snapshots {input.snapshots} "
         "--data-file {input.data} {params.curriculum} --out {params.out} > {log} 2>&1"
@@ -122,7 +122,7 @@ rule fig3_figure:
 
 rule sample_grid:
     input:
-        sample_dirs,
+        R.sample_dirs,
     output:
         report(
             f"{RESULTS}/figures/samples/{{experiment}}_nfe{{nfe}}.png",
@@ -136,8 +136,8 @@ rule sample_grid:
     conda:
         ENV
     params:
-        out=output_prefix,
-        grid=samples_grid,
-        caption=samples_caption,
+        out=R.output_prefix,
+        grid=R.samples_grid,
+        caption=R.samples_caption,
     shell:
         "lct report figure --figure grid --samples {input} --grid {params.grid} --out {params.out} > {log} 2>&1"

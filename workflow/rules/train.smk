@@ -10,7 +10,7 @@ rule experiment_config:
     log:
         f"{RESULTS}/logs/experiment_config/{{experiment}}.log",
     params:
-        resolved=experiment_json,
+        resolved=R.experiment_json,
     run:
         write_experiment(params.resolved, output[0], log[0])
 
@@ -23,7 +23,7 @@ rule experiment_config:
 # teacher changes distill.teacher_sha256, which lct train treats as changed settings.
 rule train:
     input:
-        unpack(train_inputs),
+        unpack(R.train_inputs),
     output:
         f"{RESULTS}/runs/{{experiment}}/final.pt",
     log:
@@ -33,29 +33,24 @@ rule train:
     resources:
         gpu=0,  # the workflow profile sets the paper's 4; a site profile's --resources gpu caps it
     params:
-        data=train_data_dir,
-        run_dir=run_dir,
-        res=RES,
-        teacher=teacher_arg,
+        args=R.train_args,
     shell:
-        "lct train --config {input.config} --data {params.data} --run-dir {params.run_dir} "
-        "--resources {params.res} {params.teacher} --gpus {resources.gpu} --on-config-change supersede "
-        "--quiet >> {log} 2>&1"
+        "lct train --config {input.config} {params.args} --gpus {resources.gpu} "
+        "--on-config-change supersede --quiet >> {log} 2>&1"
 
 
 # The demo's metric: a small digit classifier whose features replace Inception.
 rule train_classifier:
     input:
-        classifier_images,
+        R.classifier_images,
     output:
-        classifier_path(),
+        R.classifier_path(),
     log:
         f"{RESULTS}/logs/train_classifier.log",
     conda:
         ENV
     params:
-        data=classifier_data,
-        steps=classifier_steps,
+        args=R.classifier_args,
     shell:
-        "lct train-classifier --data {params.data} --out {output} --steps {params.steps} "
+        "lct train-classifier {params.args} --out {output} "
         "--threads {threads} > {log} 2>&1"

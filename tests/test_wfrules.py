@@ -1,0 +1,109 @@
+"""lct.wfrules: what the rules ask of the workflow config, as plain Python (the workflow's commands are
+checked end to end by tests/test_workflow.py; here each answer on its own)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from lct.wfrules import Rules, WorkflowConfigError, alternation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Input(SimpleNamespace):
+    def keys(self):
+        return vars(self).keys()
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+
+
+def w(**kw):
+    return SimpleNamespace(**kw)
+
+
+def test_paths_follow_the_config_name_and_resources(paper, demo):
+    r = Rules(paper)
+    assert r.final_path("celebahq_slct") == "results/paper/runs/celebahq_slct/final.pt"
+    assert r.training_data_dir("celebahq256") == "results/paper/data/celebahq256/latents"
+    assert r.training_data_dir("cifar10") == "results/paper/data/cifar10"  # pixels: the dataset dir
+    assert r.vae_dir("sd-vae-ft-ema") == "resources/sd-vae-ft-ema"
+    assert Rules(demo).vae_dir("tiny-mnist") == "results/demo/resources/tiny-mnist"
+    assert r.ref_path("ffhq256") == "results/paper/ref/ffhq256-inception.npz"
+
+
+def test_command_arguments_of_the_paper_run(paper):
+    r = Rules(paper)
+    assert r.fetch_flags() == "--vae stabilityai/sd-vae-ft-ema --inception --vgg16 --elatentlpips"
+    assert r.encode_args(w(dataset="celebahq256")) == (
+        "--vae resources/sd-vae-ft-ema --normalization standardize --posterior sample --seed 0")
+    src = r.source_args(w(dataset="cifar10"))
+    assert "--source url" in src and "--md5 c58f30108f718f92721af3b95e74349a" in src
+    assert r.prepare_inputs(w(dataset="cifar10")) == ["results/paper/data/cifar10/download/cifar-10-python.tar.gz"]
+    assert r.prepare_inputs(w(dataset="celebahq256")) == []  # a folder source: nothing to download
+    ev = r.evaluate_args(w(experiment="celebahq_slct"))
+    assert "--num-samples 50000 --ema 0.99993 --recall-k 3" in ev and "--fid-modes legacy_pytorch clean" in ev
+    assert "--fid-reference" not in ev
+    assert r.ref_args().endswith("--recall-num 200000")
+
+
+def test_a_distilled_student_reads_its_teacher(paper):
+    r = Rules(paper)
+    inputs = r.train_inputs(w(experiment="celebahq_cd_cauchy"))
+    assert inputs["teacher"] == "results/paper/runs/celebahq_ldm/final.pt"
+    args = r.train_args(w(experiment="celebahq_cd_cauchy"), Input(**inputs))
+    assert args.endswith("--teacher results/paper/runs/celebahq_ldm/final.pt")
+    ct = r.train_inputs(w(experiment="celebahq_slct"))
+    assert "teacher" not in ct and "--teacher" not in r.train_args(w(experiment="celebahq_slct"), Input(**ct))
+    assert "weights" in r.train_inputs(w(experiment="celebahq_2c_elatentlpips"))  # E-LatentLPIPS files first
+
+
+def test_fid_reference_file_becomes_an_input_and_an_argument(paper):
+    cfg = copy.deepcopy(paper)
+    cfg["evaluation"]["fid_reference"] = {"celebahq256": {"url": "https://example.org/celebahq_stat.npy",
+                                                          "sha256": "a" * 64}}
+    r = Rules(cfg)
+    path = r.fid_reference_file("celebahq256")
+    assert path.startswith("resources/") and path in r.fid_reference_downloads()
+    assert f"--fid-reference {path}" in r.evaluate_args(w(experiment="celebahq_slct"))
+    assert r.evaluate_inputs(w(experiment="celebahq_slct"))["fid_reference"] == path
+    assert "--fid-reference celebahq256 'https://example.org/celebahq_stat.npy'" in r.fetch_flags()
+
+
+def test_targets_and_their_errors(paper, demo):
+    r = Rules(paper)
+    assert len(r.all_table_files(None)) == 21 and len(r.every_table_file(None)) == 24  # + table_cd
+    with pytest.raises(WorkflowConfigError, match="needs --config cell="):
+        r.cell_files(None)
+    cfg = copy.deepcopy(paper)
+    cfg["cell"] = "celebahq_2d_ln"
+    assert Rules(cfg).cell_files(None)[-3:] == r.table_files("table2d")
+    cfg["cell"] = "cifar10_ict"  # an experiment no table cites
+    with pytest.raises(WorkflowConfigError, match="no table row names"):
+        Rules(cfg).cell_files(None)
+    mini = copy.deepcopy(demo)
+    del mini["tables"]["table_cd"]
+    with pytest.raises(WorkflowConfigError, match="no tables.table_cd"):
+        Rules(mini).table_target("table_cd")(None)
+    assert Rules(demo).metric_inputs() == ["results/demo/resources/digit-classifier.pt"]
+    assert Rules(demo).sample_args(None) == "--ema 0.95 --seeds 0-63"
+
+
+def test_alternation_matches_whole_names_only():
+    import re
+
+    pat = re.compile(f"^({alternation(['mnist', 'mnist_pixels'])})$")
+    assert pat.match("mnist_pixels") and pat.match("mnist") and not pat.match("mnist_")
+    assert not re.match(f"^({alternation([])})$", "")
