@@ -75,3 +75,18 @@ def test_setup_never_replaces_a_profile_it_did_not_make(tmp_path):
     link.symlink_to(tmp_path / "elsewhere")
     r = run(["bash", "envs/setup.sh"], ROOT, tmp_path / "home2")
     assert r.returncode == 0 and link.is_symlink() and "left as is" in r.stdout
+
+
+def test_deterministic_rules_are_not_retried_and_training_is():
+    """`retries: 0` on the rules whose failures repeat (checksums, dataset sources, downloads); the
+    resumable GPU rules (train, encode, evaluate, ...) keep the site profile's `retries`."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
+    blocks = dict(re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, flags=re.S | re.M))
+    for rule in ("fetch_weights", "download_data", "prepare_data"):
+        assert re.search(r"^\s+retries: 0\b", blocks[rule], flags=re.M), rule
+    for rule in ("train", "encode", "evaluate", "evaluate_snapshots", "ref_stats"):
+        assert "retries:" not in blocks[rule], rule
+    site = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert site["retries"] >= 1

@@ -8,6 +8,7 @@ rule fetch_weights:
         R.fid_reference_downloads(),
     log:
         f"{RES}/logs/fetch_weights.log",
+    retries: 0  # deterministic (checksums, sources): a resubmission fails the same way
     conda:
         ENV
     params:
@@ -24,6 +25,7 @@ rule download_data:
         f"{RESULTS}/data/{{dataset}}/download/{{archive}}",
     log:
         f"{RESULTS}/logs/download_data/{{dataset}}-{{archive}}.log",
+    retries: 0  # deterministic (checksums, sources): a resubmission fails the same way
     conda:
         ENV
     params:
@@ -42,6 +44,7 @@ rule prepare_data:
         f"{RESULTS}/data/{{dataset}}/images.npy",
     log:
         f"{RESULTS}/logs/prepare_data/{{dataset}}.log",
+    retries: 0  # deterministic (checksums, sources): a resubmission fails the same way
     conda:
         ENV
     params:
