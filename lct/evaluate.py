@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                         "against it instead of the dataset's own statistics (the authors' protocol)")
     p.add_argument("--keep-shards", action="store_true", help="keep the cached shard features after success")
     p.add_argument("--vae", default=None, help="VAE dir overriding the one named in <data>/latents.json")
+    p.add_argument("--decode-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="VAE decoding: fp32 (the authors' scoring, default) or bf16 autocast (faster on GPUs; "
+                        "changes pixels by about one level, so the FID is not the authors' protocol)")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     t0 = time.time()
@@ -390,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         fid_reference = {"legacy_pytorch": {"file": str(a.fid_reference), "sha256": sha256_file(a.fid_reference)}}
     extractors, fd, rec = build_suite(a.feature, modes, a.resources, device, str(ref["recall_feature"]))
     model, cfg, info = load_checkpoint_model(a.checkpoint, ema=a.ema, device=device)
-    codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size)
+    codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size,
+                       decode_precision=a.decode_precision)
     ckpt_sha = sha256_file(a.checkpoint)
     seeds = list(range(a.seed_offset, a.seed_offset + a.num_samples))
 
@@ -414,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     key = {"checkpoint_sha256": ckpt_sha, "ema": a.ema, "nfe": a.nfe, "seed_offset": a.seed_offset,
            "num_samples": a.num_samples, "shard_size": a.shard_size, "image_format": a.image_format,
            "jpeg_quality": a.jpeg_quality, "codec": codec_fingerprint(a.data, a.vae),
+           "decode_precision": a.decode_precision,
            "extractors": {n: extractor_fingerprint(n, a.resources) for n in sorted(extractors)}}
     # (the FID reference enters only the final distance, not the cached features)
     res = run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache_dir, key, a.image_format,
@@ -422,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "experiment": a.experiment, "nfe": a.nfe, "ema": a.ema, "num_samples": a.num_samples,
         "seeds": [seeds[0], seeds[-1]], "feature": a.feature, "image_format": a.image_format,
+        "decode_precision": a.decode_precision,
         "jpeg_quality": a.jpeg_quality if a.image_format == "jpeg" else None,
         "fid": res["fid"], "metric_name": SUITES[a.feature]["metric_name"],
         "precision": res["precision"], "recall": res["recall"], "recall_k": a.recall_k,

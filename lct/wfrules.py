@@ -271,7 +271,8 @@ class Rules:
         ev = self.ev
         f = self.fid_reference_file(self.dataset_of(wildcards.experiment))
         return (f"{self.eval_args()} --num-samples {ev['num_samples']} --ema {ev['ema']} "
-                f"--recall-k {ev.get('recall_k', 3)}" + (f" --fid-reference {f}" if f else ""))
+                f"--recall-k {ev.get('recall_k', 3)} --decode-precision {ev.get('decode_precision', 'fp32')}"
+                + (f" --fid-reference {f}" if f else ""))
 
     def snapshot_args(self, wildcards) -> str:
         f3 = self.config["figures"]["fig3"]

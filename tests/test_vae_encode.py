@@ -155,3 +155,21 @@ def test_posterior_sample_is_seeded_per_image_and_survives_a_kill(demo, tmp_path
     again = enc.encode_dataset(root / "mnist", root / "vae", tmp_path / "a", batch_size=64, posterior="mean")
     assert again["posterior"] == "mean"
     del other
+
+
+@pytest.mark.slow  # shares the tiny-VAE training fixture (~5 s of CPU)
+def test_bf16_decoding_is_opt_in_and_close(demo, tmp_path):
+    """`--decode-precision bf16` (evaluation.decode_precision) decodes under bf16 autocast with the output in
+    float32 before rounding: pixels move by about a level, never far; fp32 stays the default (the authors')."""
+    root, _ = demo
+    out = tmp_path / "latents"
+    enc.encode_dataset(root / "mnist", root / "vae", out, "standardize", batch_size=20, shard_size=1000)
+    z, _ = load_training_data(out)
+    fp32 = load_codec(out, device="cpu", batch_size=20)
+    bf16 = load_codec(out, device="cpu", batch_size=20, decode_precision="bf16")
+    assert fp32.decode_precision == "fp32"
+    a, b = fp32.decode(z).astype(int), bf16.decode(z).astype(int)
+    diff = np.abs(a - b)
+    assert 0 < diff.mean() < 2.0 and diff.max() <= 32, (diff.mean(), diff.max())
+    with pytest.raises(VAEError, match="decode precision"):
+        load_codec(out, device="cpu", decode_precision="fp16")
