@@ -242,7 +242,7 @@ def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str
     (train.total_steps, or train.epochs with train.num_images / `num_images`); None when the data size is needed."""
     import math
 
-    from lct import schedules as S
+    from lct import curriculum as S  # torch-free: the workflow's config writers call this
 
     t = cfg.train
     n = t.num_images or num_images
