@@ -27,7 +27,8 @@ Contract with the workflow and the SLURM profile
   directory holds state of another config, it is moved to ``superseded-<time>/`` (never deleted)
   and training starts afresh; the default ``error`` refuses instead.
 * Only ``final.pt`` is a workflow output; ``checkpoints/`` stays undeclared so Snakemake never
-  deletes it when a job fails.
+  deletes it when a job fails. The last step is checkpointed too, so a job killed after writing
+  ``final.pt`` (whose final.pt Snakemake then deletes) is redone in seconds.
 """
 
 from __future__ import annotations
@@ -460,6 +461,11 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                     raise Preempted(f"signal {stop[0] if stop else '(other rank)'}: checkpoint saved at "
                                     f"step {done}; rerun the same command to resume")
         bar.close()
+        if start < total:
+            # A resumable checkpoint at the last step too: if the job dies after final.pt is written but
+            # before the workflow records success (a time limit hit while tearing down, a node failure),
+            # Snakemake deletes final.pt and the retry only rewrites it from here.
+            save(total)
         if dinfo.is_main:
             ckio.save_atomic({"kind": "final", "config": cfg.to_dict(), "step": total, "model": model.state_dict(),
                               "ema": ema.state_dict(), "data": data_meta}, run_dir / "final.pt")

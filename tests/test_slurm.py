@@ -197,14 +197,14 @@ def _tensors_equal(a: Path, b: Path) -> bool:
 DRILL = "tests/configs/slurm-drill.yaml"  # overlay: drill_requeue, drill_timeout on slurm-mini's data
 
 
-def _real_drill(experiment: str, extra: list[str]) -> tuple[subprocess.Popen, Path, list[str]]:
+def _real_drill(experiment: str, extra: list[str], overlays: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path, list[str]]:
     """Start `snakemake --profile slurm <the experiment's final.pt>` on the real workflow (slurm-mini + the
     drill overlay) in the background; returns the process, the run dir and the command."""
     run = ROOT / "results" / "slurm-mini" / "runs" / experiment
     shutil.rmtree(run, ignore_errors=True)
     env = {**os.environ, "SBATCH_ACCOUNT": "lct_ci", "SBATCH_PARTITION": "gpu"}
     cmd = ["snakemake", "--profile", "slurm", f"results/slurm-mini/runs/{experiment}/final.pt",
-           "--configfile", MINI, DRILL, *_profile_threads(1), *extra,
+           "--configfile", MINI, DRILL, *overlays, *_profile_threads(1), *extra,
            "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True), run, cmd
@@ -275,12 +275,33 @@ def test_requeued_training_job_resumes_and_ends_as_the_uninterrupted_run(tmp_pat
     assert _tensors_equal(run / "final.pt", tmp_path / "ref" / "final.pt")
 
 
-def test_time_limit_signal_checkpoints_and_the_retry_resumes():
+def _drill_steps(seconds: float, default: int = 400) -> int:
+    """Training steps that take `seconds` at the speed the requeue drill's job measured on this machine
+    (its log.jsonl; batch 16), else `default`."""
+    log = ROOT / "results/slurm-mini/runs/drill_requeue/log.jsonl"
+    if not log.is_file():
+        return default
+    ips = json.loads(log.read_text().splitlines()[-1])["images_per_s"]
+    return int(min(max(seconds * ips / 16, 150), 1500))
+
+
+def test_time_limit_signal_checkpoints_and_the_retry_resumes(tmp_path):
     """The real `lct train` job (4 ranks) runs past a 1-minute time limit: SLURM's SIGTERM at the limit
     reaches the ranks, they save a checkpoint (the run has no other: checkpoint_every is 100,000) and exit
-    within KillWait; the job ends TIMEOUT; the profile's `retries` resubmit it and it resumes there."""
+    within KillWait; the job ends TIMEOUT; the profile's `retries` resubmit it and it resumes there.
+
+    Every attempt gets the same minute, so the run is sized to about 60 s of training at this machine's
+    measured speed: more than the ~45 s the first attempt trains after its start-up, and a remainder the
+    retry finishes well within its minute (a retry that trains to the end but overruns the limit while
+    tearing down is itself TIMEOUT, and Snakemake deletes its final.pt)."""
+    steps = _drill_steps(60.0)
+    overlay = tmp_path / "steps.yaml"
+    overlay.write_text(yaml.safe_dump({"experiments": {"drill_timeout": {
+        "dataset": "mnist", "preset": "slct",
+        "overrides": {"train": {"total_steps": steps, "checkpoint_every": 100000, "log_every": 50}}}}}))
     # runtime 1 min, and no early --signal, so the job really reaches its limit
-    proc, run, cmd = _real_drill("drill_timeout", _profile_train_resources(runtime=1, slurm_extra="''"))
+    proc, run, cmd = _real_drill("drill_timeout", _profile_train_resources(runtime=1, slurm_extra="''"),
+                                 overlays=(str(overlay),))
     try:
         text, _ = proc.communicate(timeout=400)
     finally:
@@ -292,9 +313,9 @@ def test_time_limit_signal_checkpoints_and_the_retry_resumes():
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (ids, states)
     log = (ROOT / "results/slurm-mini/logs/train/drill_timeout.log").read_text()
     resumed = re.search(r"resuming at step (\d+)", log)
-    assert resumed and 0 < int(resumed.group(1)) < 400, log[-3000:]
+    assert resumed and 0 < int(resumed.group(1)) < steps, log[-3000:]
     assert (run / "final.pt").is_file()
-    print(f"\n  time-limit drill: jobs {ids} {states}, resumed at step {resumed.group(1)} of 400")
+    print(f"\n  time-limit drill: jobs {ids} {states}, resumed at step {resumed.group(1)} of {steps}")
 
 
 def test_scancel_is_noticed_and_run_ends(tmp_path):

@@ -54,8 +54,8 @@ def test_train_smoke_run_dir(tmp_path):
     run = tmp_path / "run"
     assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run), "--quiet"]) == 0
 
-    # Only the last train.keep_checkpoints resumable checkpoints remain; none at the final step.
-    assert [s for s, _ in list_checkpoints(run)] == [4, 8]
+    # Only the last train.keep_checkpoints resumable checkpoints remain, the final step's included.
+    assert [s for s, _ in list_checkpoints(run)] == [8, 12]
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["ema-00000006.pt", "ema-00000012.pt"]
     assert (run / "config.yaml").is_file() and (run / "loss.png").stat().st_size > 1000
     records = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
@@ -70,8 +70,13 @@ def test_train_smoke_run_dir(tmp_path):
     assert final["config"]["train"]["total_steps"] == 12  # the resolved config travels with the weights
 
     # The online weights moved away from the initialization and the EMAs lag behind them.
-    ckpt4 = load(run / "checkpoints" / "ckpt-00000004.pt")
-    assert not state_equal(ckpt4["model"], final["model"])
+    ckpt8 = load(run / "checkpoints" / "ckpt-00000008.pt")
+    assert not state_equal(ckpt8["model"], final["model"])
+    assert state_equal(load(run / "checkpoints" / "ckpt-00000012.pt")["model"], final["model"])
+    # final.pt deleted after the job (as Snakemake does when the job is then killed): the rerun rewrites it
+    (run / "final.pt").unlink()
+    assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run), "--quiet"]) == 0
+    assert state_equal(load(run / "final.pt")["model"], final["model"])
     assert not state_equal(final["ema"]["0.9"], final["model"])
 
     x = torch.randn(3, 1, 8, 8)
