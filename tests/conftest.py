@@ -11,12 +11,17 @@ torch.set_num_threads(1)
 
 # The longest files first, so that the two xdist workers (pyproject's addopts) start them at once and
 # the short files fill in around them: the SLURM drills wait on the scheduler most of their time.
+# pytest-xdist's loadfile queue is ordered by the number of tests in a file, so the order is set here.
 FIRST = ("test_slurm.py", "test_paper_smoke.py")
 
 
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        name = item.path.name
-        return FIRST.index(name) if name in FIRST else len(FIRST)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
 
-    items.sort(key=rank)  # stable: the order inside each file is kept
+    class LongFilesFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            for scope in [s for s in self.workqueue if s.split("::")[0].endswith(FIRST)][::-1]:
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return LongFilesFirst(config, log)
