@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -237,6 +239,33 @@ def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> E
                               defaults=defaults, reading=workflow_config.get("reading", DEFAULT_READING))
 
 
+# Settings that do not change the trained weights: the run's name, checkpoint / log / snapshot
+# cadence, the non-finite guard, data-loader workers, and the fast-path switches that only change
+# the order of float operations (compile, TF32, channels_last; `precision` does change the math
+# and is not here). A resumed run may change them (lct.train), and the workflow's training rule
+# leaves them out of its params, so editing them never plans a retraining (lct.wfrules).
+BOOKKEEPING_KEYS = frozenset({
+    "name", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
+    "train.num_workers", "train.compile", "train.max_bad_steps", "train.tf32", "train.channels_last"})
+
+
+def flat_settings(cfg: "ExperimentConfig | dict[str, Any]", prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every leaf setting (lists stay values): {"train.lr": 0.0001, ...}."""
+    d = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_settings(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def weight_settings(cfg: "ExperimentConfig") -> dict[str, Any]:
+    """The settings that change the trained weights: every leaf but BOOKKEEPING_KEYS."""
+    return {k: v for k, v in flat_settings(cfg).items() if k not in BOOKKEEPING_KEYS}
+
+
 def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str, Any] | None:
     """Iterations K and the curriculum's stage boundaries of an experiment, when they follow from its config
     (train.total_steps, or train.epochs with train.num_images / `num_images`); None when the data size is needed."""
@@ -319,6 +348,9 @@ def _build(cls: type, d: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(tp: Any, v: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -350,6 +382,8 @@ def _coerce(tp: Any, v: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {v!r}")
         return v
     if tp is float:
+        if isinstance(v, str) and _NUMBER.fullmatch(v.strip()):
+            return float(v)  # YAML 1.1 (PyYAML) reads `1e-4`, without a dot, as a string
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {v!r}")
         return float(v)
@@ -377,32 +411,111 @@ CHOICES: dict[str, set[str]] = {
 }
 
 
+# Numeric ranges, checked by `validate` (so by every workflow dry-run and by `lct train` itself):
+# key -> (low, high, low inclusive, high inclusive); None = unbounded. Lists are checked item by item;
+# None values (optional keys left unset) pass.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "network.model_channels": (1, None, True, False),
+    "network.channel_mult": (1, None, True, False),
+    "network.num_blocks": (1, None, True, False),
+    "network.attn_resolutions": (1, None, True, False),
+    "network.channels_per_head": (1, None, True, False),
+    "network.dropout": (0.0, 1.0, True, False),
+    "schedule.sigma_min": (0.0, None, False, False),
+    "schedule.sigma_max": (0.0, None, False, False),
+    "schedule.sigma_data": (0.0, None, False, False),
+    "schedule.rho": (0.0, None, False, False),
+    "schedule.s0": (1, None, True, False),
+    "schedule.s1": (1, None, True, False),
+    "schedule.p_std": (0.0, None, False, False),
+    "loss.c0": (0.0, None, False, False),
+    "loss.diffusion_r": (0.0, 1.0, False, True),
+    "loss.diffusion_weight": (0.0, None, True, False),
+    "train.batch_size": (1, None, True, False),
+    "train.total_steps": (1, None, True, False),
+    "train.epochs": (0.0, None, False, False),
+    "train.num_images": (1, None, True, False),
+    "train.lr": (0.0, 1.0, False, True),
+    "train.weight_decay": (0.0, None, True, False),
+    "train.betas": (0.0, 1.0, True, False),
+    "train.grad_clip": (0.0, None, False, False),
+    "train.ema_decays": (0.0, 1.0, True, False),
+    "train.seed": (0, None, True, False),
+    "train.checkpoint_every": (1, None, True, False),
+    "train.keep_checkpoints": (1, None, True, False),
+    "train.snapshot_every": (1, None, True, False),
+    "train.log_every": (1, None, True, False),
+    "train.max_bad_steps": (1, None, True, False),
+    "train.num_workers": (0, None, True, False),
+    "sample.two_step_index": (0, None, True, False),
+    "sample.two_step_grid": (2, None, True, False),
+    "sample.diffusion_steps": (1, None, True, False),
+    "distill.num_timesteps": (2, None, True, False),
+    "distill.skip": (1, None, True, False),
+    "distill.target_ema": (0.0, 1.0, True, False),
+}
+
+
+def describe_range(lo: float | None, hi: float | None, lo_inc: bool, hi_inc: bool) -> str:
+    """`> 0`, `in [0, 1)`, `>= 1`: the allowed range of `RANGES` in words."""
+    if hi is None:
+        return f"{'>=' if lo_inc else '>'} {lo:g}"
+    return f"in {'[' if lo_inc else '('}{lo:g}, {hi:g}{']' if hi_inc else ')'}"
+
+
+def _in_range(v: float, lo: float | None, hi: float | None, lo_inc: bool, hi_inc: bool) -> bool:
+    if not math.isfinite(v):
+        return False
+    if lo is not None and (v < lo or (v == lo and not lo_inc)):
+        return False
+    return not (hi is not None and (v > hi or (v == hi and not hi_inc)))
+
+
+def _get(d: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check the string switches and lengths; raise ConfigError naming the key."""
+    """Check the string switches, the numeric ranges and the relations between keys; raise ConfigError
+    naming the experiment, the key, the value and what is allowed."""
     d = cfg.to_dict()
+    where = f"experiment {cfg.name!r}"
     for key, allowed in CHOICES.items():
-        v: Any = d
-        for part in key.split("."):
-            v = v[part]
+        v = _get(d, key)
         if v not in allowed:
-            raise ConfigError(f"experiment {cfg.name!r}: {key} = {v!r}; choose one of {sorted(allowed)}")
+            raise ConfigError(f"{where}: {key} = {v!r}; choose one of {sorted(allowed)}")
+    for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
+        v = _get(d, key)
+        for i, x in enumerate(v if isinstance(v, list) else [v]):
+            if x is not None and not _in_range(float(x), lo, hi, lo_inc, hi_inc):
+                at = f"{key}[{i}]" if isinstance(v, list) else key
+                raise ConfigError(f"{where}: {at} = {x!r} is out of range; allowed: {describe_range(lo, hi, lo_inc, hi_inc)}")
     if (cfg.train.total_steps is None) == (cfg.train.epochs is None):
         raise ConfigError(
-            f"experiment {cfg.name!r}: set exactly one of train.total_steps and train.epochs "
+            f"{where}: set exactly one of train.total_steps and train.epochs "
             f"(got total_steps={cfg.train.total_steps}, epochs={cfg.train.epochs})"
         )
-    if not 0.0 < cfg.loss.diffusion_r <= 1.0:
-        raise ConfigError(f"experiment {cfg.name!r}: loss.diffusion_r = {cfg.loss.diffusion_r}; must be in (0, 1]")
-    if cfg.schedule.s0 < 1 or cfg.schedule.s1 < cfg.schedule.s0:
-        raise ConfigError(f"experiment {cfg.name!r}: need 1 <= schedule.s0 <= schedule.s1")
+    s = cfg.schedule
+    if s.sigma_max <= s.sigma_min:
+        raise ConfigError(f"{where}: schedule.sigma_max = {s.sigma_max} must be above schedule.sigma_min = {s.sigma_min}")
+    if s.s1 < s.s0:
+        raise ConfigError(f"{where}: schedule.s1 = {s.s1} must be >= schedule.s0 = {s.s0}")
+    if not cfg.train.ema_decays:
+        raise ConfigError(f"{where}: train.ema_decays is empty; give at least one decay in [0, 1), e.g. [0.99993]")
+    if len(cfg.train.betas) != 2:
+        raise ConfigError(f"{where}: train.betas = {cfg.train.betas}; give two values in [0, 1), e.g. [0.9, 0.999]")
+    sm = cfg.sample
+    if sm.two_step_index >= sm.two_step_grid:
+        raise ConfigError(f"{where}: sample.two_step_index = {sm.two_step_index} is not an index of the "
+                          f"{sm.two_step_grid}-point grid (sample.two_step_grid); allowed: in [0, {sm.two_step_grid - 1}]")
     dc = cfg.distill
     if cfg.objective == "distillation":
         if not 1 <= dc.skip < dc.num_timesteps:
-            raise ConfigError(f"experiment {cfg.name!r}: distill.skip = {dc.skip} must be in [1, distill.num_timesteps - 1 "
+            raise ConfigError(f"{where}: distill.skip = {dc.skip} must be in [1, distill.num_timesteps - 1 "
                               f"= {dc.num_timesteps - 1}]")
-        if not 0.0 <= dc.target_ema < 1.0:
-            raise ConfigError(f"experiment {cfg.name!r}: distill.target_ema = {dc.target_ema}; must be in [0, 1)")
         if cfg.loss.diffusion_loss or cfg.loss.ot:
-            raise ConfigError(f"experiment {cfg.name!r}: loss.diffusion_loss and loss.ot are consistency-training "
+            raise ConfigError(f"{where}: loss.diffusion_loss and loss.ot are consistency-training "
                               "components; set them false for objective distillation")
     return cfg

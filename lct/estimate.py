@@ -45,19 +45,71 @@ def _runs_and_evals(cfg: dict[str, Any], target: str) -> tuple[set[str], set[tup
     return set(), set()
 
 
+DEFAULT_TRAIN_IPS = 250.0  # training images/s per A100-class GPU, denoising step (see --train-ips)
+MARGIN = 1.5  # walltime asked per training job: the estimate x 1.5 (throughput unknown until measured)
+SPARE_RETRIES = 2  # attempts beyond the segments a run needs (node failures, preemption)
+
+
+def train_gpu_hours(c: Any, sizes: dict[str, int], train_ips: float = DEFAULT_TRAIN_IPS) -> float:
+    """GPU-hours of one resolved experiment: images seen x the objective's cost factor / throughput."""
+    n_images = c.train.total_steps * c.train.batch_size if c.train.total_steps else \
+        c.train.epochs * (c.train.num_images or sizes[c.dataset])
+    # forward = 1, backward = 2 units: CT adds the target forward (4/3); CD adds the target forward and
+    # the teacher's Heun step (two forwards; 6/3)
+    factor = {"consistency": 4.0 / 3.0, "distillation": 6.0 / 3.0}.get(c.objective, 1.0)
+    return n_images * factor / train_ips / 3600.0
+
+
+def training_gpus(repo: str | Path | None = None) -> int:
+    """GPUs of one training job: `set-resources: train: gpu` of the workflow profile (the paper's 4)."""
+    path = Path(repo or Path(__file__).resolve().parents[1]) / "workflow/profiles/default/config.yaml"
+    try:
+        return int(yaml.safe_load(path.read_text())["set-resources"]["train"]["gpu"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 4
+
+
+def dataset_sizes(cfg: dict[str, Any]) -> dict[str, int]:
+    """Images per dataset: the published sizes, else what the config says (source.limit)."""
+    sizes = dict(DATASET_SIZES)
+    for name, d in (cfg.get("datasets") or {}).items():
+        if name not in sizes and (d.get("source") or {}).get("limit"):
+            sizes[name] = int(d["source"]["limit"])
+    return sizes
+
+
+def train_job_plans(cfg: dict[str, Any], exps: dict[str, Any], max_runtime_h: float,
+                    train_ips: float = DEFAULT_TRAIN_IPS, gpus: int | None = None) -> dict[str, dict[str, Any]]:
+    """Per experiment: GPU-hours, wall hours on `gpus` GPUs, job segments under the site's maximum walltime
+    (with MARGIN), minutes asked per attempt, and retries (segments - 1 + SPARE_RETRIES)."""
+    gpus = gpus or training_gpus()
+    sizes = dataset_sizes(cfg)
+    plans = {}
+    for name, c in exps.items():
+        try:
+            gpu_h = train_gpu_hours(c, sizes, train_ips)
+        except KeyError:  # unknown dataset size: ask for the site's maximum, one segment assumed
+            gpu_h = float("nan")
+        wall_h = gpu_h / gpus
+        need_h = wall_h * MARGIN
+        if math.isnan(need_h):
+            segments, runtime = 1, int(max_runtime_h * 60)
+        else:
+            segments = max(1, math.ceil(need_h / max_runtime_h))
+            runtime = int(max_runtime_h * 60) if segments > 1 else max(60, min(int(max_runtime_h * 60),
+                                                                             math.ceil(need_h * 60 / 30) * 30))
+        plans[name] = {"gpu_h": gpu_h, "wall_h": wall_h, "gpus": gpus, "segments": segments,
+                       "runtime_min": runtime, "retries": segments - 1 + SPARE_RETRIES}
+    return plans
+
+
 def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_overhead_ips: float,
              sizes: dict[str, int]) -> dict[str, dict[str, float]]:
     """target -> {runs, evals, train_h, eval_h, total_h}, plus all_tables / all_figures / all."""
     exps = {n: resolve_workflow_experiment(cfg, n) for n in cfg["experiments"]}
 
     def train_h(name: str) -> float:
-        c = exps[name]
-        n_images = c.train.total_steps * c.train.batch_size if c.train.total_steps else \
-            c.train.epochs * (c.train.num_images or sizes[c.dataset])
-        # forward = 1, backward = 2 units: CT adds the target forward (4/3); CD adds the target forward and
-        # the teacher's Heun step (two forwards; 6/3)
-        factor = {"consistency": 4.0 / 3.0, "distillation": 6.0 / 3.0}.get(c.objective, 1.0)
-        return n_images * factor / train_ips / 3600.0
+        return train_gpu_hours(exps[name], sizes, train_ips)
 
     def snapshot_h(name: str) -> float:
         c, f3 = exps[name], cfg["figures"]["fig3"]

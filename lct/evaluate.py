@@ -24,20 +24,8 @@ import numpy as np
 import torch
 
 from lct.download import sha256_file
+from lct.suites import SUITES  # torch-free: lct.report reads it in the light env
 
-# --feature -> which extractors give the Frechet distances (per mode) and which gives Recall.
-SUITES: dict[str, dict[str, Any]] = {
-    "inception": {
-        "fd": {"legacy_pytorch": "inception_legacy", "clean": "inception_clean"},
-        "recall": "vgg16_nvidia",  # StyleGAN2-ADA pr50k3_full (lct.metrics.PR50K3); "vgg16" = torchvision fallback
-        "metric_name": "FID",
-    },
-    "digit_classifier": {
-        "fd": {"frechet_digit": "digit_classifier"},
-        "recall": "digit_classifier",
-        "metric_name": "FD-digit",
-    },
-}
 IMAGE_FORMATS = ("jpeg", "png")
 DEFAULT_JPEG_QUALITY = 75
 

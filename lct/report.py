@@ -7,7 +7,7 @@ not yet computed is marked, never left out. With the demo's metric ("FD-digit", 
 distance in digit-classifier features) the published FID is shown for reference only and no
 difference is taken: the two numbers are not comparable.
 
-Subcommands: `table`, `figure`, `samples`, `page` (the last three live in lct/figures.py).
+Subcommands: `table`, `cell` (one experiment's rows, the `cell` target), `figure`, `samples`, `page` (the last three live in lct/figures.py).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ READING_CAPTIONS = {
 
 def metric_info(cfg: dict[str, Any]) -> dict[str, Any]:
     """Name, primary mode and extra modes of the Frechet metric the config's evaluation uses."""
-    from lct.evaluate import SUITES
+    from lct.suites import SUITES
 
     ev = cfg.get("evaluation") or {}
     feature = ev.get("feature", "inception")
@@ -291,6 +291,47 @@ def make_table(config: dict[str, Any] | str | Path, table: str, published: str |
     return write_table(build_table(config, table, published, eval_dir), out)
 
 
+def build_cell(table_configs: list[str | Path], experiment: str, published: str | Path,
+               eval_dir: str | Path) -> dict[str, Any]:
+    """One experiment's rows of every table citing it (each table's slice config), beside the published numbers."""
+    pub_rows = read_published(published)
+    out_rows, metric, footnotes = [], None, []
+    for path in table_configs:
+        cfg = load_workflow_config(path)
+        for key in cfg["tables"]:
+            t = build_table(cfg, key, pub_rows, eval_dir)
+            metric = t["metric"]
+            for r in t["rows"]:
+                if r.get("experiment") == experiment:
+                    out_rows.append({"table": key, "columns": t["columns"], **r})
+            footnotes += [f for f in t["footnotes"] if f not in footnotes]
+    if not out_rows:
+        raise KeyError(f"no table row names experiment {experiment!r} in {[str(p) for p in table_configs]}")
+    return {"experiment": experiment, "rows": out_rows, "metric": metric, "footnotes": footnotes}
+
+
+def write_cell(c: dict[str, Any], out: str | Path) -> list[Path]:
+    """<out>.json (raw numbers per table row) and <out>.md (the rows as in their tables), temp name then rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = [f"**Experiment `{c['experiment']}`: its cells beside the published numbers**", ""]
+    for r in c["rows"]:
+        lines += [f"{r['table']}:", "", "| " + " | ".join(r["columns"]) + " |", "|" + "---|" * len(r["columns"]),
+                  "| " + " | ".join(esc(x) for x in r["cells"]) + " |", ""]
+    lines += [f"- {f}" for f in c["footnotes"]]
+    doc = {"experiment": c["experiment"], "metric": c["metric"],
+           "rows": [{k: v for k, v in r.items() if k not in ("cells", "columns")} for r in c["rows"]]}
+    paths = []
+    for ext, text in (("json", json.dumps(doc, indent=2, allow_nan=False) + "\n"), ("md", "\n".join(lines) + "\n")):
+        path = out.with_name(out.name + f".{ext}")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     from lct import figures
 
@@ -302,8 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--published", default=None, help="published_results.csv (default: the config's `published`)")
     t.add_argument("--eval-dir", required=True, help="results/<name>/eval")
     t.add_argument("--out", required=True, help="output prefix, e.g. results/<name>/tables/table2a")
+    c = sub.add_parser("cell", help="one experiment's cells beside the published numbers (.json, .md)")
+    c.add_argument("--experiment", required=True)
+    c.add_argument("--table-configs", nargs="+", required=True, help="configs/tables/<t>.yaml of the tables citing it")
+    c.add_argument("--published", required=True, help="published_results.csv")
+    c.add_argument("--eval-dir", required=True, help="results/<name>/eval")
+    c.add_argument("--out", required=True, help="output prefix, e.g. results/<name>/cells/<experiment>")
     figures.add_subparsers(sub)
     a = p.parse_args(argv)
+    if a.cmd == "cell":
+        for path in write_cell(build_cell(a.table_configs, a.experiment, a.published, a.eval_dir), _strip_ext(a.out)):
+            print(path)
+        return 0
     if a.cmd == "table":
         cfg = load_workflow_config(a.config)
         published = a.published or cfg.get("published") or "config/published_results.csv"

@@ -94,7 +94,7 @@ def resolve_all(config: dict[str, Any]) -> dict[str, ExperimentConfig]:
         try:
             out[name] = resolve_workflow_experiment(config, name)
         except ConfigError as e:
-            raise ConfigError(f"workflow config: experiments.{name}: {e}") from e
+            raise ConfigError(f"workflow config: experiments.{name}: {_where_set(config, name, str(e))}") from None
     for name, cfg in out.items():
         teacher = config["experiments"][name].get("teacher")
         where = f"workflow config: experiments.{name}"
@@ -113,6 +113,30 @@ def resolve_all(config: dict[str, Any]) -> dict[str, ExperimentConfig]:
                 raise ConfigError(f"{where}.teacher = {teacher!r} trains on {out[teacher].dataset!r}, not "
                                   f"{cfg.dataset!r}; distill from a teacher of the same dataset")
     return out
+
+
+def _where_set(config: dict[str, Any], name: str, message: str) -> str:
+    """The resolver's message without its `experiment 'x': ` prefix, plus the config key that set the value."""
+    import re
+
+    message = message.removeprefix(f"experiment {name!r}: ")
+    m = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+)(?:\[\d+\])? = ", message)
+    if not m:
+        return message
+    path = m.group(1).split(".")
+
+    def has(d: Any, keys: list[str]) -> bool:
+        for k in keys:
+            if not isinstance(d, dict) or k not in d:
+                return False
+            d = d[k]
+        return True
+
+    if has(config["experiments"][name].get("overrides") or {}, path):
+        return f"{message} (set by experiments.{name}.overrides.{m.group(1)})"
+    if has(config.get("defaults") or {}, path):
+        return f"{message} (set by defaults.{m.group(1)})"
+    return message
 
 
 def paper_tables(config: dict[str, Any]) -> list[str]:

@@ -9,11 +9,14 @@ common.smk keeps the output paths, the wildcard constraints and the target lists
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
 
+from lct.config import flat_settings, weight_settings
 from lct.wfconfig import canonical, check_references, figure_slice, paper_tables, report_caption, resolve_all, table_slice
+from lct.wfsite import dataset_source_problem, report_source_problem, site_settings
 
 
 class WorkflowConfigError(ValueError):
@@ -36,9 +39,15 @@ class Rules:
         check_references(config)  # every name a table, figure or dataset uses exists (names the key)
         self.config = config
         self.results = f"results/{config['name']}"
+        # The data stage (images, latents, reference statistics) of `data_from`'s results: the
+        # paper-text reading reuses the paper run's instead of redoing it.
+        self.data_root = f"results/{config.get('data_from') or config['name']}"
         self.res = config["resources_dir"]
-        self.experiments = resolve_all(config)  # every experiment resolved; teachers checked
+        self.experiments = resolve_all(config)  # every experiment resolved (ranges checked); teachers checked
         self.ev = config["evaluation"]
+        self.site = site_settings(config)
+        self._warned: set[str] = set()
+        self.executing: Callable[[], bool] = lambda: False  # common.smk: True when jobs will really run
 
     # ---- names and paths ------------------------------------------------------------------------
 
@@ -49,14 +58,14 @@ class Rules:
         return self.config["datasets"][dataset]["vae"] is not None
 
     def images_path(self, dataset: str) -> str:
-        return f"{self.results}/data/{dataset}/images.npy"
+        return f"{self.data_root}/data/{dataset}/images.npy"
 
     def latents_path(self, dataset: str) -> str:
-        return f"{self.results}/data/{dataset}/latents/latents.npy"
+        return f"{self.data_root}/data/{dataset}/latents/latents.npy"
 
     def training_data_dir(self, dataset: str) -> str:
         """Latent datasets train on their latents dir, pixel datasets on the dataset dir."""
-        return f"{self.results}/data/{dataset}/latents" if self.is_latent(dataset) else f"{self.results}/data/{dataset}"
+        return f"{self.data_root}/data/{dataset}/latents" if self.is_latent(dataset) else f"{self.data_root}/data/{dataset}"
 
     def training_data_file(self, dataset: str) -> str:
         return self.latents_path(dataset) if self.is_latent(dataset) else self.images_path(dataset)
@@ -73,7 +82,7 @@ class Rules:
         return f"{self.results}/eval/{experiment}/nfe{nfe}.json"
 
     def ref_path(self, dataset: str) -> str:
-        return f"{self.results}/ref/{dataset}-{self.ev['feature']}.npz"
+        return f"{self.data_root}/ref/{dataset}-{self.ev['feature']}.npz"
 
     def fetch_marker(self) -> str:
         return f"{self.res}/fetch_weights.done"
@@ -144,21 +153,23 @@ class Rules:
 
     def metric_inputs(self) -> list[str]:
         """What feature extraction needs: the fetched weights (paper) or the demo classifier."""
+        from snakemake.io import ancient  # refetching weights (e.g. one more file) rescores nothing
+
         if self.ev["feature"] == "digit_classifier":
             return [self.classifier_path()]
-        return [self.fetch_marker()] if self.needs_fetch() else []
+        return [ancient(self.fetch_marker())] if self.needs_fetch() else []
 
     # ---- data --------------------------------------------------------------------------------
 
     def dataset_dir(self, wildcards) -> str:
-        return f"{self.results}/data/{wildcards.dataset}"
+        return f"{self.data_root}/data/{wildcards.dataset}"
 
     def prepare_inputs(self, wildcards) -> list[str]:
         """A URL dataset's verified archive (rule download_data, login node); nothing for local sources."""
         src = self.config["datasets"][wildcards.dataset]["source"]
         if src["kind"] != "url" or not src.get("url"):
             return []
-        return [f"{self.results}/data/{wildcards.dataset}/download/{Path(src['url']).name}"]
+        return [f"{self.data_root}/data/{wildcards.dataset}/download/{Path(src['url']).name}"]
 
     def source_args(self, wildcards) -> str:
         """`lct prepare-data` arguments for datasets.<name>.source (and its resize rule)."""
@@ -190,8 +201,10 @@ class Rules:
         if vae is None:
             _fail(f"datasets.{wildcards.dataset} has vae: null, so it has no latents")
         pretrained = self.config["vaes"][vae]["kind"] == "pretrained"  # fetch_weights writes resources_dir/<repo>
+        from snakemake.io import ancient  # refetching weights re-encodes nothing (that would retrain all)
+
         return {"images": self.images_path(wildcards.dataset),
-                "vae": self.fetch_marker() if pretrained else self.vae_dir(vae)}  # else trained by rule train_vae
+                "vae": ancient(self.fetch_marker()) if pretrained else self.vae_dir(vae)}  # else trained by rule train_vae
 
     def _trained_vae(self, wildcards) -> dict[str, Any]:
         v = self.config["vaes"].get(wildcards.vae)
@@ -204,7 +217,7 @@ class Rules:
 
     def train_vae_args(self, wildcards) -> str:
         v = self._trained_vae(wildcards)
-        return (f"--data {self.results}/data/{v['dataset']} --steps {v.get('steps', 600)} "
+        return (f"--data {self.data_root}/data/{v['dataset']} --steps {v.get('steps', 600)} "
                 f"--batch-size {v.get('batch_size', 64)}")
 
     def _classifier(self) -> dict[str, Any]:
@@ -218,7 +231,7 @@ class Rules:
 
     def classifier_args(self, wildcards) -> str:
         clf = self._classifier()
-        return f"--data {self.results}/data/{clf['dataset']} --steps {clf.get('steps', 600)}"
+        return f"--data {self.data_root}/data/{clf['dataset']} --steps {clf.get('steps', 600)}"
 
     # ---- training ------------------------------------------------------------------------------
 
@@ -226,23 +239,87 @@ class Rules:
         """The resolved experiment as canonical JSON: a params value that changes only with it."""
         return json.dumps(self.experiments[wildcards.experiment].to_dict(), sort_keys=True)
 
+    def train_settings_params(self) -> dict[str, Callable]:
+        """The training rule's params: one per setting that changes the trained weights ("train.lr=0.0001"),
+        so editing bookkeeping (checkpoint/log cadence, workers, paths) plans no retraining, and the reason
+        Snakemake prints for a changed one names only the keys that changed."""
+        keys = sorted(weight_settings(next(iter(self.experiments.values())))) if self.experiments else []
+
+        def param(key: str) -> Callable:
+            def value(wildcards) -> str:
+                v = flat_settings(self.experiments[wildcards.experiment]).get(key)
+                return f"{key}={json.dumps(v)}"
+
+            value.__name__ = "setting_" + re.sub(r"\W", "_", key)
+            return value
+
+        return {"s_" + re.sub(r"\W", "_", k): param(k) for k in keys}
+
     def train_inputs(self, wildcards) -> dict[str, Any]:
+        """The resolved config and the fetched-weights marker are `ancient`: rewriting the config for a
+        bookkeeping change, or refetching weights, never retrains (the settings are params instead)."""
+        from snakemake.io import ancient
+
         e = wildcards.experiment
-        inputs: dict[str, Any] = {"config": self.experiment_config_path(e),
+        inputs: dict[str, Any] = {"config": ancient(self.experiment_config_path(e)),
                                   "data": self.training_data_file(self.dataset_of(e))}
         if self.experiments[e].loss.distance == "elatentlpips" and self.needs_fetch():
-            inputs["weights"] = self.fetch_marker()
+            inputs["weights"] = ancient(self.fetch_marker())
         teacher = self.config["experiments"][e].get("teacher")
         if teacher:  # consistency distillation: the teacher run trains first
             inputs["teacher"] = self.final_path(teacher)
         return inputs
 
-    def train_args(self, wildcards, input) -> str:
-        """`lct train` arguments beyond --config: the data, run dir, resources and the teacher (CD)."""
+    def train_extra_flags(self, wildcards) -> str:
+        """`--teacher runs/<teacher>/final.pt` for a distillation (its sha256 enters the run's config), and
+        `--resources <dir>` where the loss reads pretrained weights (E-LatentLPIPS): both change what trains."""
         e = wildcards.experiment
-        args = (f"--data {self.training_data_dir(self.dataset_of(e))} --run-dir {self.results}/runs/{e} "
-                f"--resources {self.res}")
-        return args + (f" --teacher {input.teacher}" if "teacher" in input.keys() else "")
+        teacher = self.config["experiments"][e].get("teacher")
+        flags = [f"--teacher {self.final_path(teacher)}"] if teacher else []
+        if self.experiments[e].loss.distance == "elatentlpips":
+            flags.append(f"--resources {self.res}")
+        return " ".join(flags)
+
+    # ---- what the site asks of every job (partitions, account, GPU model, walltime) -----------------
+
+    def gpu_job(self) -> dict[str, Any]:
+        """Rule-level resources of a GPU rule: the site's GPU partition, account and GPU model."""
+        return {"slurm_partition": self.site["gpu_partition"] or os.environ.get("SBATCH_PARTITION", ""),
+                "slurm_account": self.site["account"] or "", "gpu_model": self.site["gpu_model"] or ""}
+
+    def cpu_job(self) -> dict[str, Any]:
+        """Rule-level resources of a CPU-only rule: the site's CPU partition (else the GPU one) and account."""
+        part = self.site["cpu_partition"] or self.site["gpu_partition"] or os.environ.get("SBATCH_PARTITION", "")
+        return {"slurm_partition": part, "slurm_account": self.site["account"] or ""}
+
+    def job_plans(self) -> dict[str, dict[str, Any]]:
+        """Per experiment: estimated hours, job segments, runtime per attempt and retries (lct.estimate)."""
+        if not hasattr(self, "_plans"):
+            from lct.estimate import train_job_plans
+
+            self._plans = train_job_plans(self.config, self.experiments, self.site["max_runtime_h"])
+        return self._plans
+
+    def train_runtime(self, wildcards) -> int:
+        """Minutes per training attempt: the estimate with 50% margin, at most the site's maximum walltime."""
+        return self.job_plans()[wildcards.experiment]["runtime_min"]
+
+    def train_retries(self) -> int:
+        """Retries of the training rule: the most job segments any experiment needs, minus one, plus spares."""
+        return max((p["retries"] for p in self.job_plans().values()), default=2)
+
+    # ---- data sources: a placeholder or missing path is found before anything is queued ------------
+
+    def check_source(self, wildcards) -> list[str]:
+        """Input function of prepare_data / download_data: nothing to add, but a dataset source that cannot
+        work (placeholder path, no checksum) stops a real run at once, naming the key; a dry-run warns."""
+        ds = wildcards.dataset
+        if Path(self.images_path(ds)).exists():
+            return []  # prepared already: where the raw data was no longer matters
+        problem = dataset_source_problem(ds, self.config["datasets"][ds])
+        if problem:
+            report_source_problem(problem, self._warned, self.executing())
+        return []
 
     def train_data_dir(self, wildcards) -> str:
         return self.training_data_dir(self.dataset_of(wildcards.experiment))
@@ -373,7 +450,7 @@ class Rules:
     def fig1_data_args(self, wildcards) -> str:
         f1 = self.config["figures"]["fig1"]
         return (f"--latents {self.training_data_dir(f1['latent_dataset'])} "
-                f"--pixels {self.results}/data/{f1['pixel_dataset']}")
+                f"--pixels {self.data_root}/data/{f1['pixel_dataset']}")
 
     def fig3_inputs(self, wildcards) -> list[str]:
         return [f"{self.results}/eval/{e}/snapshots" for e in self.config["figures"]["fig3"]["experiments"].values()]
@@ -394,25 +471,42 @@ class Rules:
     def samples_grid(self, wildcards) -> int:
         return self.config["figures"]["samples"]["grid"]
 
-    def cell_files(self, wildcards) -> list[str]:
-        """The `cell` target: one experiment's evaluations and every table citing it."""
+    def cell_experiment(self) -> str:
         e = self.config.get("cell")
         if not e:
             _fail("the `cell` target needs --config cell=<experiment>")
-        files, tables = [], []
-        for t in self.config["tables"]:
-            for exp, k in self.table_cells(t):
-                if exp == e:
-                    files.append(self.eval_path(exp, k))
-                    tables.append(t)
-        if not files:
+        return e
+
+    def cell_rows(self, experiment: str) -> list[tuple[str, int]]:
+        """(table, nfe) of every table row that cites this experiment."""
+        return [(t, k) for t in self.config["tables"] for exp, k in self.table_cells(t) if exp == experiment]
+
+    def cell_files(self, wildcards) -> list[str]:
+        """The `cell` target: one experiment's run, its evaluations and its result beside the published numbers
+        (cells/<e>.json, .md); the full tables are all_tables' (they need every other cell too)."""
+        e = self.cell_experiment()
+        if not self.cell_rows(e):
             _fail(f"--config cell={e!r}: no table row names this experiment")
-        return sorted(set(files)) + [f for t in sorted(set(tables)) for f in self.table_files(t)]
+        return [f"{self.results}/cells/{e}.{ext}" for ext in ("json", "md")]
+
+    def cell_inputs(self, wildcards) -> dict[str, Any]:
+        rows = self.cell_rows(wildcards.experiment)
+        if not rows:
+            _fail(f"cells/{wildcards.experiment}: no table row names this experiment")
+        return {"evals": sorted({self.eval_path(wildcards.experiment, k) for _, k in rows}),
+                "configs": sorted({f"{self.results}/configs/tables/{t}.yaml" for t, _ in rows}),
+                "published": self.config["published"]}
 
     # ---- captions of Snakemake's report (snakemake --report report.html) ------------------------
 
     def table_caption(self, wildcards) -> str:
         return report_caption(self.config, wildcards.table)
+
+    def cell_caption(self, wildcards) -> str:
+        rows = ", ".join(f"{t} at {k} NFE" for t, k in self.cell_rows(wildcards.experiment))
+        return (f"One experiment, ``{wildcards.experiment}`` ({rows}), beside the published numbers "
+                f"(the ``cell`` target; configuration ``{self.config.get('name')}``, reading "
+                f"``{self.config.get('reading')}``).\n")
 
     def figure_caption(self, name: str) -> Callable:
         def caption(wildcards):

@@ -1,4 +1,7 @@
-"""envs/environment.yaml (conda) pins every package of envs/requirements.txt (pip) at the same version."""
+"""The conda files pin what envs/requirements.txt (pip) pins, at the same versions: envs/environment.yaml
+(everything, tests included), and the per-rule envs envs/gpu.yaml, envs/light.yaml and the controller's
+envs/controller.yaml, each a subset; the rules name existing env files; the light env's rules run
+without the GPU env's packages."""
 
 from __future__ import annotations
 
@@ -75,15 +78,72 @@ def test_pin_parser_catches_a_mismatch(tmp_path):
     assert pip_pins(tmp_path / "req.txt") != conda_pins(tmp_path / "env.yaml")
 
 
-def test_rules_point_at_the_environment_file():
+ENV_FILES = ["envs/environment.yaml", "envs/gpu.yaml", "envs/light.yaml", "envs/controller.yaml"]
+
+
+@pytest.mark.parametrize("path", ENV_FILES)
+def test_every_env_file_pins_the_versions_of_requirements(path):
+    pip, conda = pip_pins(), conda_pins(ROOT / path)
+    differ = []
+    for name, version in conda.items():
+        if name in ("python", "pip"):
+            continue
+        pip_name = next((k for k, v in CONDA_NAMES.items() if v == name), name)
+        assert pip_name in pip, f"{path} pins {name}, which envs/requirements.txt does not"
+        if pip[pip_name] != version:
+            differ.append(f"{name}: {path} {version} vs requirements {pip[pip_name]}")
+    assert not differ, differ
+
+
+def test_rule_envs_carry_no_workflow_or_test_tools():
+    for path in ("envs/gpu.yaml", "envs/light.yaml"):
+        pins = conda_pins(ROOT / path)
+        assert not {"snakemake", "pytest", "pytest-xdist", "snakefmt"} & set(pins), path
+    assert "snakemake-executor-plugin-slurm" in conda_pins(ROOT / "envs/controller.yaml")
+
+
+def test_rules_point_at_existing_env_files():
+    common = (ROOT / "workflow/rules/common.smk").read_text()
+    envs = dict(re.findall(r'^(ENV_\w+) = "([^"]+)"', common, re.M))
+    assert set(envs) == {"ENV_GPU", "ENV_LIGHT"}, envs
+    for name, rel in envs.items():
+        assert (ROOT / "workflow/rules" / rel).resolve().is_file(), f"{name} = {rel} does not exist"
     for smk in (ROOT / "workflow/rules").glob("*.smk"):
-        text = smk.read_text()
-        if "conda:" in text:
-            assert 'ENV = "../../envs/environment.yaml"' in (ROOT / "workflow/rules/common.smk").read_text()
-            assert (smk.parent / "../../envs/environment.yaml").resolve().is_file()
+        for block in re.findall(r"conda:\n\s+(\S+)", smk.read_text()):
+            assert block in envs, f"{smk.name}: conda: {block} is not one of {sorted(envs)}"
+        assert '"lct ' not in smk.read_text(), f"{smk.name}: call `python -m lct` (rule envs do not install lct)"
 
 
-@pytest.mark.parametrize("path", ["envs/requirements.txt", "envs/environment.yaml", "envs/setup.sh"])
+def test_light_env_rules_run_without_the_gpu_packages(tmp_path):
+    """The light env's rules (a table, Figure 2) in a Python that cannot import what envs/light.yaml lacks."""
+    import subprocess
+    import sys
+
+    allowed = {CONDA_NAMES.get(k, k) for k in conda_pins(ROOT / "envs/light.yaml")} | {"torch", "yaml", "PIL"}
+    blocked = ["diffusers", "cleanfid", "ot", "torchvision", "elatentlpips", "lmdb", "mlxtend", "skimage",
+               "huggingface_hub", "snakemake", "pytest"]
+    assert not set(blocked) & allowed
+    script = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError("not in envs/light.yaml: " + name)
+sys.meta_path.insert(0, Block())
+from lct.cli import main
+sys.exit(main(["report", "figure", "--figure", "fig2", "--out", {str(tmp_path / "fig2")!r}]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "fig2.png").is_file()
+    # the tables' module imports no torch at all (lct.suites holds the metric suites, torch-free)
+    r = subprocess.run([sys.executable, "-c", "import sys, lct.report, lct.figures; print('torch' in sys.modules)"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("path", ["envs/requirements.txt", "envs/setup.sh", *ENV_FILES])
 def test_env_files_exist(path):
     assert (ROOT / path).is_file(), f"{path} is missing"
 

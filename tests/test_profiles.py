@@ -30,7 +30,7 @@ def clone(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("args", [["-n", "all_tables"], ["-n", "--configfile=config/demo.yaml", "all"], ["--lint"]])
+@pytest.mark.parametrize("args", [["-n", "all_tables"], ["-n", "--configfile=config/demo.yaml", "all"], ["--profile", "profiles/demo", "-n", "all"], ["--lint"]])
 def test_dry_runs_and_lint_need_no_profile(tmp_path, args):
     home = tmp_path / "home"
     home.mkdir()
@@ -86,7 +86,9 @@ def test_deterministic_rules_are_not_retried_and_training_is():
     blocks = dict(re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, flags=re.S | re.M))
     for rule in ("fetch_weights", "download_data", "prepare_data"):
         assert re.search(r"^\s+retries: 0\b", blocks[rule], flags=re.M), rule
-    for rule in ("train", "encode", "evaluate", "evaluate_snapshots", "ref_stats"):
+    for rule in ("encode", "evaluate", "evaluate_snapshots", "ref_stats"):
         assert "retries:" not in blocks[rule], rule
+    # training: as many attempts as its job segments need, from lct estimate and the site's walltime
+    assert re.search(r"^\s+retries: R\.train_retries\(\)", blocks["train"], flags=re.M)
     site = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     assert site["retries"] >= 1

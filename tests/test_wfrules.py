@@ -63,11 +63,30 @@ def test_a_distilled_student_reads_its_teacher(paper):
     r = Rules(paper)
     inputs = r.train_inputs(w(experiment="celebahq_cd_cauchy"))
     assert inputs["teacher"] == "results/paper/runs/celebahq_ldm/final.pt"
-    args = r.train_args(w(experiment="celebahq_cd_cauchy"), Input(**inputs))
-    assert args.endswith("--teacher results/paper/runs/celebahq_ldm/final.pt")
+    assert r.train_extra_flags(w(experiment="celebahq_cd_cauchy")) == "--teacher results/paper/runs/celebahq_ldm/final.pt"
     ct = r.train_inputs(w(experiment="celebahq_slct"))
-    assert "teacher" not in ct and "--teacher" not in r.train_args(w(experiment="celebahq_slct"), Input(**ct))
+    assert "teacher" not in ct and r.train_extra_flags(w(experiment="celebahq_slct")) == ""
     assert "weights" in r.train_inputs(w(experiment="celebahq_2c_elatentlpips"))  # E-LatentLPIPS files first
+    assert r.train_extra_flags(w(experiment="celebahq_2c_elatentlpips")) == "--resources resources"
+
+
+def test_training_params_are_the_weight_settings_one_per_key(paper):
+    """Bookkeeping (cadence, workers) is not a param, so editing it never plans a retraining; each weight
+    setting is its own param, so Snakemake's reason names the keys that changed."""
+    r = Rules(paper)
+    params = r.train_settings_params()
+    values = {fn(w(experiment="celebahq_slct")) for fn in params.values()}
+    assert "train.lr=0.0001" in values and 'loss.distance="cauchy"' in values
+    assert not any(v.startswith(("train.checkpoint_every", "train.log_every", "train.num_workers",
+                                 "train.keep_checkpoints", "name=")) for v in values)
+    assert not any("results/" in v or "/datasets" in v for v in values)  # no paths
+    cfg = copy.deepcopy(paper)
+    cfg["defaults"]["train"]["checkpoint_every"] = 7
+    cfg["defaults"]["train"]["log_every"] = 3
+    assert {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).train_settings_params().values()} == values
+    cfg["experiments"]["celebahq_slct"]["overrides"]["train"]["lr"] = 2e-4
+    changed = {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).train_settings_params().values()} - values
+    assert changed == {"train.lr=0.0002"}
 
 
 def test_fid_reference_file_becomes_an_input_and_an_argument(paper):
@@ -88,8 +107,11 @@ def test_targets_and_their_errors(paper, demo):
     with pytest.raises(WorkflowConfigError, match="needs --config cell="):
         r.cell_files(None)
     cfg = copy.deepcopy(paper)
-    cfg["cell"] = "celebahq_2d_ln"
-    assert Rules(cfg).cell_files(None)[-3:] == r.table_files("table2d")
+    cfg["cell"] = "celebahq_2d_ln"  # one run: its result beside the published numbers, no whole table
+    assert Rules(cfg).cell_files(None) == ["results/paper/cells/celebahq_2d_ln.json",
+                                           "results/paper/cells/celebahq_2d_ln.md"]
+    assert Rules(cfg).cell_inputs(w(experiment="celebahq_2d_ln"))["evals"] == [
+        "results/paper/eval/celebahq_2d_ln/nfe1.json"]
     cfg["cell"] = "cifar10_ict"  # an experiment no table cites
     with pytest.raises(WorkflowConfigError, match="no table row names"):
         Rules(cfg).cell_files(None)

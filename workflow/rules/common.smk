@@ -1,14 +1,21 @@
 # Paths, wildcard constraints and the one object the rules ask about the config. The logic (input
-# lists, command arguments, targets, captions) is lct/wfrules.py, tested as plain Python; a rule
-# names R.<method> as its input function or params (Snakemake passes wildcards / input / output).
+# lists, command arguments, targets, captions, site resources) is lct/wfrules.py, tested as plain
+# Python; a rule names R.<method> as its input function or params (Snakemake passes wildcards).
 from lct.wfrules import Rules, alternation
 
-R = Rules(
-    config
-)  # checks every cross-reference and resolves every experiment, naming the key
-RESULTS = R.results
+# Checks every cross-reference, resolves every experiment (ranges included), reads the site knobs;
+# a bad value ends the run here in one line naming the key.
+R = exit_on_config_error(lambda: Rules(config))
+R.executing = lambda: workflow.executor_plugin is not None and not workflow.dryrun
+RESULTS = R.results  # results/<name>: runs, evaluations, tables, figures
+DATA = R.data_root  # results/<data_from or name>: images, latents, reference statistics
 RES = R.res
-ENV = "../../envs/environment.yaml"  # relative to workflow/rules/*.smk
+GPU_JOB = (
+    R.gpu_job()
+)  # partition, account, GPU model of GPU rules (config `site`, environment)
+CPU_JOB = R.cpu_job()  # partition and account of CPU-only rules
+ENV_GPU = "../../envs/gpu.yaml"  # per-rule conda envs (--sdm conda), relative to workflow/rules/*.smk
+ENV_LIGHT = "../../envs/light.yaml"
 # The paper's seven tables, and table_cd (beyond the paper) where configured.
 TABLE_NAMES = list(config["tables"])
 

@@ -10,49 +10,54 @@ rule fetch_weights:
         f"{RES}/logs/fetch_weights.log",
     retries: 0  # deterministic (checksums, sources): a resubmission fails the same way
     conda:
-        ENV
+        ENV_GPU
     params:
         flags=R.fetch_flags(),
         out=R.output_dir,
     shell:
-        "lct fetch-weights --out {params.out} {params.flags} > {log} 2>&1"
+        "python -m lct fetch-weights --out {params.out} {params.flags} > {log} 2>&1"
 
 
 # URL datasets (LSUN, CIFAR-10) are downloaded and checksum-verified here, on the login node
 # (a local rule): compute nodes have no internet. prepare_data then finds the verified archive.
 rule download_data:
+    input:
+        R.check_source,
     output:
-        f"{RESULTS}/data/{{dataset}}/download/{{archive}}",
+        f"{DATA}/data/{{dataset}}/download/{{archive}}",
     log:
-        f"{RESULTS}/logs/download_data/{{dataset}}-{{archive}}.log",
+        f"{DATA}/logs/download_data/{{dataset}}-{{archive}}.log",
     retries: 0  # deterministic (checksums, sources): a resubmission fails the same way
     conda:
-        ENV
+        ENV_GPU
     params:
         source=R.source_args,
         resolution=R.resolution,
         out=R.dataset_dir,
     shell:
-        "lct prepare-data --dataset {wildcards.dataset} {params.source} --resolution {params.resolution} "
+        "python -m lct prepare-data --dataset {wildcards.dataset} {params.source} --resolution {params.resolution} "
         "--out {params.out} --download-only > {log} 2>&1"
 
 
 rule prepare_data:
     input:
         R.prepare_inputs,
+        R.check_source,
     output:
-        f"{RESULTS}/data/{{dataset}}/images.npy",
+        f"{DATA}/data/{{dataset}}/images.npy",
     log:
-        f"{RESULTS}/logs/prepare_data/{{dataset}}.log",
+        f"{DATA}/logs/prepare_data/{{dataset}}.log",
     retries: 0  # deterministic (checksums, sources): a resubmission fails the same way
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **CPU_JOB,
     params:
         source=R.source_args,
         resolution=R.resolution,
         out=R.output_dir,
     shell:
-        "lct prepare-data --dataset {wildcards.dataset} {params.source} "
+        "python -m lct prepare-data --dataset {wildcards.dataset} {params.source} "
         "--resolution {params.resolution} --out {params.out} > {log} 2>&1"
 
 
@@ -65,29 +70,34 @@ rule train_vae:
     log:
         f"{RESULTS}/logs/train_vae/{{vae}}.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **GPU_JOB,
     params:
         args=R.train_vae_args,
     shell:
-        "lct train-vae {params.args} --out {output} " "--threads {threads} > {log} 2>&1"
+        "python -m lct train-vae {params.args} --out {output} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule encode:
     input:
         unpack(R.encode_inputs),
     output:
-        f"{RESULTS}/data/{{dataset}}/latents/latents.npy",
-        f"{RESULTS}/data/{{dataset}}/latents/norm.npz",
+        f"{DATA}/data/{{dataset}}/latents/latents.npy",
+        f"{DATA}/data/{{dataset}}/latents/norm.npz",
     log:
-        f"{RESULTS}/logs/encode/{{dataset}}.log",
+        f"{DATA}/logs/encode/{{dataset}}.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **GPU_JOB,
     params:
         args=R.encode_args,
         data=R.images_dir,
         out=R.output_dir,
     shell:
-        "lct encode --data {params.data} {params.args} --out {params.out} > {log} 2>&1"
+        "python -m lct encode --data {params.data} {params.args} --out {params.out} > {log} 2>&1"
 
 
 # Figure 1 (left): box-and-whisker statistics of normalized latents vs pixels.
@@ -99,8 +109,10 @@ rule stats_data:
     log:
         f"{RESULTS}/logs/stats_data.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **CPU_JOB,
     params:
         args=R.fig1_data_args,
     shell:
-        "lct stats data {params.args} --out {output} > {log} 2>&1"
+        "python -m lct stats data {params.args} --out {output} > {log} 2>&1"

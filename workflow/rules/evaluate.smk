@@ -5,16 +5,18 @@ rule ref_stats:
     input:
         unpack(R.ref_inputs),
     output:
-        f"{RESULTS}/ref/{{dataset}}-{config['evaluation']['feature']}.npz",
+        f"{DATA}/ref/{{dataset}}-{config['evaluation']['feature']}.npz",
     log:
-        f"{RESULTS}/logs/ref_stats/{{dataset}}.log",
+        f"{DATA}/logs/ref_stats/{{dataset}}.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **GPU_JOB,
     params:
         data=R.images_dir,
         args=R.ref_args(),
     shell:
-        "lct ref-stats --data {params.data} {params.args} --out {output} > {log} 2>&1"
+        "python -m lct ref-stats --data {params.data} {params.args} --out {output} > {log} 2>&1"
 
 
 # Samples with per-image seeds 0..N-1, decoded by the VAE, scored against the reference.
@@ -26,12 +28,14 @@ rule evaluate:
     log:
         f"{RESULTS}/logs/evaluate/{{experiment}}/nfe{{nfe}}.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **GPU_JOB,
     params:
         data=R.train_data_dir,
         args=R.evaluate_args,
     shell:
-        "lct evaluate --checkpoint {input.checkpoint} --data {params.data} "
+        "python -m lct evaluate --checkpoint {input.checkpoint} --data {params.data} "
         "--experiment {wildcards.experiment} --nfe {wildcards.nfe} --ref {input.ref} {params.args} "
         "--out {output} > {log} 2>&1"
 
@@ -45,7 +49,9 @@ rule evaluate_snapshots:
     log:
         f"{RESULTS}/logs/evaluate_snapshots/{{experiment}}.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **GPU_JOB,
     params:
         data=R.train_data_dir,
         run_dir=R.run_dir,
@@ -54,7 +60,7 @@ rule evaluate_snapshots:
         "(set -e; tmp={output}.tmp; mkdir -p $tmp; "
         "for ckpt in {params.run_dir}/snapshots/ema-*.pt; do "
         "[ -e $ckpt ] || {{ echo 'no snapshots in {params.run_dir}/snapshots: set train.snapshot_every' >&2; exit 1; }}; "
-        "lct evaluate --checkpoint $ckpt --data {params.data} --experiment {wildcards.experiment} "
+        "python -m python -m lct evaluate --checkpoint $ckpt --data {params.data} --experiment {wildcards.experiment} "
         "--ref {input.ref} {params.args} --out $tmp/$(basename $ckpt .pt).json; done; "
         "mv $tmp {output}) > {log} 2>&1"
 
@@ -68,12 +74,14 @@ rule stats_td:
     log:
         f"{RESULTS}/logs/stats_td/{{experiment}}.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **GPU_JOB,
     params:
         data=R.train_data_dir,
         num_timesteps=R.fig1_num_timesteps,
     shell:
-        "lct stats td --checkpoint {input.checkpoint} --data {params.data} "
+        "python -m lct stats td --checkpoint {input.checkpoint} --data {params.data} "
         "--num-timesteps {params.num_timesteps} --out {output} > {log} 2>&1"
 
 
@@ -86,10 +94,12 @@ rule sample:
     log:
         f"{RESULTS}/logs/sample/{{experiment}}/nfe{{nfe}}.log",
     conda:
-        ENV
+        ENV_GPU
+    resources:
+        **GPU_JOB,
     params:
         data=R.train_data_dir,
         args=R.sample_args,
     shell:
-        "lct sample --checkpoint {input.checkpoint} --data {params.data} {params.args} "
+        "python -m lct sample --checkpoint {input.checkpoint} --data {params.data} {params.args} "
         "--nfe {wildcards.nfe} --decode --out {output} > {log} 2>&1"

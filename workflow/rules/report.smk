@@ -40,14 +40,39 @@ rule table:
     log:
         f"{RESULTS}/logs/table/{{table}}.log",
     conda:
-        ENV
+        ENV_LIGHT
     params:
         eval_dir=f"{RESULTS}/eval",
         out=R.output_prefix,
         caption=R.table_caption,
     shell:
-        "lct report table --table {wildcards.table} --config {input.config} --published {input.published} "
+        "python -m lct report table --table {wildcards.table} --config {input.config} --published {input.published} "
         "--eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
+
+
+# One experiment's cells of every table citing it, beside the published numbers (the `cell` target).
+rule cell_result:
+    input:
+        unpack(R.cell_inputs),
+    output:
+        report(
+            f"{RESULTS}/cells/{{experiment}}.md",
+            caption="../report/caption.rst",
+            category="Cells",
+            subcategory="{experiment}",
+        ),
+        f"{RESULTS}/cells/{{experiment}}.json",
+    log:
+        f"{RESULTS}/logs/cell_result/{{experiment}}.log",
+    conda:
+        ENV_LIGHT
+    params:
+        eval_dir=f"{RESULTS}/eval",
+        out=R.output_prefix,
+        caption=R.cell_caption,
+    shell:
+        "python -m lct report cell --experiment {wildcards.experiment} --table-configs {input.configs} "
+        "--published {input.published} --eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
 
 
 rule fig1_figure:
@@ -64,12 +89,12 @@ rule fig1_figure:
     log:
         f"{RESULTS}/logs/figures/fig1.log",
     conda:
-        ENV
+        ENV_LIGHT
     params:
         out=R.output_prefix,
         caption=R.figure_caption("fig1"),
     shell:
-        "lct report figure --figure fig1 --data-stats {input.data} --td-latent {input.td_latent} "
+        "python -m lct report figure --figure fig1 --data-stats {input.data} --td-latent {input.td_latent} "
         "--td-pixel {input.td_pixel} --out {params.out} > {log} 2>&1"
 
 
@@ -86,12 +111,12 @@ rule fig2_figure:
     log:
         f"{RESULTS}/logs/figures/fig2.log",
     conda:
-        ENV
+        ENV_LIGHT
     params:
         out=R.output_prefix,
         caption=R.figure_caption("fig2"),
     shell:
-        "lct report figure --figure fig2 --out {params.out} > {log} 2>&1"
+        "python -m lct report figure --figure fig2 --out {params.out} > {log} 2>&1"
 
 
 rule fig3_figure:
@@ -110,13 +135,13 @@ rule fig3_figure:
     log:
         f"{RESULTS}/logs/figures/fig3.log",
     conda:
-        ENV
+        ENV_LIGHT
     params:
         out=R.output_prefix,
         curriculum=R.fig3_curriculum,
         caption=R.figure_caption("fig3"),
     shell:
-        "lct report figure --figure fig3 --config {input.config} --snapshots {input.snapshots} "
+        "python -m lct report figure --figure fig3 --config {input.config} --snapshots {input.snapshots} "
         "--data-file {input.data} {params.curriculum} --out {params.out} > {log} 2>&1"
 
 
@@ -134,10 +159,10 @@ rule sample_grid:
     log:
         f"{RESULTS}/logs/figures/samples_{{experiment}}_nfe{{nfe}}.log",
     conda:
-        ENV
+        ENV_LIGHT
     params:
         out=R.output_prefix,
         grid=R.samples_grid,
         caption=R.samples_caption,
     shell:
-        "lct report figure --figure grid --samples {input} --grid {params.grid} --out {params.out} > {log} 2>&1"
+        "python -m lct report figure --figure grid --samples {input} --grid {params.grid} --out {params.out} > {log} 2>&1"
