@@ -2,7 +2,8 @@
 # Set up a fresh machine for the pipeline (idempotent; rerun any time):
 #   1. the pinned requirements (envs/requirements.txt) and the `lct` package (editable) into the
 #      active Python, skipped when already satisfied;
-#   2. the site profile profiles/slurm copied to ~/.config/snakemake/slurm (only where none exists),
+#   2. the site profile profiles/slurm copied to ~/.config/snakemake/slurm (only where none exists;
+#      an existing one is never overwritten, only checked),
 #      where Snakemake looks up a bare profile name, so `snakemake --profile slurm all_tables` works
 #      from the root of any clone (per-rule resources: that clone's workflow/profiles/default).
 # Conda instead of pip: `conda env create -n lct -f envs/environment.yaml && conda activate lct`
@@ -47,32 +48,48 @@ else
 fi
 
 # 2. The site profile where `--profile slurm` finds it. It holds only site settings (executor,
-#    account/partition from the environment, status command, requeue); per-rule resources come
-#    from each clone's own workflow/profiles/default, so one copy serves every clone. Installed
-#    only where none exists; a file or link this script did not make is never replaced.
+#    status command, requeue); per-rule resources come from each clone's own
+#    workflow/profiles/default, and partitions, account, GPU model and walltime from
+#    config/site.yaml, so one copy serves every clone. Installed only where none exists: an
+#    existing ~/.config/snakemake/slurm (yours, or an earlier copy) is never overwritten; it is
+#    checked for the SLURM executor and the settings the pipeline relies on, and what is missing
+#    is printed with the line to add.
 CONFIG_HOME="${XDG_CONFIG_HOME:-$HOME/.config}/snakemake"
 SITE="$CONFIG_HOME/slurm"
-MARK=".installed-by-lct-setup"
-if [ -L "$SITE" ] && [ "$(basename "$(dirname "$(readlink "$SITE")")")/$(basename "$(readlink "$SITE")")" = "profiles/slurm" ] \
-        && [ -f "$(readlink "$SITE")/config.yaml" ] && grep -q "snakemake-executor-plugin-slurm" "$(readlink "$SITE")/config.yaml"; then
-    rm "$SITE"  # a link to one clone's profiles/slurm, made by an earlier version of this script
-    echo "setup: replacing the link $SITE (earlier setup) by a copy"
-fi
 if [ ! -e "$SITE" ] && [ ! -L "$SITE" ]; then
     mkdir -p "$SITE"
     cp "$ROOT/profiles/slurm/config.yaml" "$SITE/config.yaml"
-    echo "$ROOT/profiles/slurm/config.yaml" > "$SITE/$MARK"
+    echo "$ROOT/profiles/slurm/config.yaml" > "$SITE/.installed-by-lct-setup"
     echo "setup: installed the site profile $SITE (a copy of profiles/slurm)"
-elif [ -f "$SITE/$MARK" ] && [ ! -L "$SITE" ]; then
-    if ! cmp -s "$ROOT/profiles/slurm/config.yaml" "$SITE/config.yaml"; then
-        cp "$ROOT/profiles/slurm/config.yaml" "$SITE/config.yaml"
-        echo "setup: updated the site profile $SITE (made by this script) from profiles/slurm"
-    else
-        echo "setup: site profile $SITE is current"
-    fi
 else
-    echo "setup: $SITE exists and was not made by this script; left as is. Per-rule resources come from" \
-         "this clone's workflow/profiles/default either way. To use this repository's site settings instead:" \
-         "--profile profiles/slurm (or move $SITE away and rerun envs/setup.sh)" >&2
+    "$PYTHON" - "$SITE" "$ROOT/profiles/slurm/config.yaml" <<'PY'
+import sys
+from pathlib import Path
+
+import yaml
+
+site, ours = Path(sys.argv[1]), yaml.safe_load(Path(sys.argv[2]).read_text())
+cfg_file = site / "config.yaml"
+try:
+    have = yaml.safe_load(cfg_file.read_text()) or {}
+except (OSError, yaml.YAMLError) as e:
+    print(f"setup: {cfg_file} cannot be read as YAML ({e}); left as is. --profile profiles/slurm uses this "
+          "repository's site settings", file=sys.stderr)
+    sys.exit(0)
+# What the pipeline relies on (docs/SLURM.md says why each is there).
+needed = ["executor", "retries", "rerun-incomplete", "latency-wait", "rerun-triggers", "slurm-status-command",
+          "slurm-init-seconds-before-status-checks", "slurm-requeue"]
+problems = []
+if have.get("executor") != "slurm":
+    problems.append(f"executor: slurm (it has {have.get('executor')!r}; without it --profile slurm runs jobs locally)")
+problems += [f"{k}: {ours[k]}" for k in needed if k != "executor" and k not in have]
+if problems:
+    print(f"setup: {site} exists and is left as is; it lacks what the pipeline relies on. Add to "
+          f"{cfg_file}:\n" + "\n".join(f"    {p}" for p in problems) +
+          "\n  or run with --profile profiles/slurm (this repository's site profile).", file=sys.stderr)
+else:
+    print(f"setup: site profile {site} exists (left as is) and names the SLURM executor and every setting "
+          "the pipeline relies on")
+PY
 fi
-echo "setup: done. Demo: snakemake --profile profiles/local --configfile config/demo.yaml all"
+echo "setup: done. Demo: snakemake --profile profiles/demo all"

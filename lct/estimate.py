@@ -1,9 +1,14 @@
 """GPU-hour estimates of the workflow's targets, computed from a workflow config.
 
-    python -m lct.estimate --config config/config.yaml [--train-ips 190] [--markdown]
+    lct estimate [--config config/paper_text.yaml] [--train-ips 190]
 
-Not registered as an `lct` subcommand (README.md pastes its output). Assumed throughputs are
-per A100-class GPU and stated in the output; change them with the flags to match your cluster.
+The configuration is read as the workflow reads it: config/config.yaml, the site file
+(config/site.yaml or $LCT_SITE_CONFIG), then each --config as an overlay (a `standalone: true`
+config replaces the paper's). It prints the GPU-hours per target, then per experiment the training
+hours, the job segments under the site's maximum walltime (site.max_runtime_h) with 50% margin, the
+runtime each attempt asks for and the retries: the numbers the workflow's training rule uses.
+Assumed throughputs are per A100-class GPU and stated in the output; change them with the flags to
+match your cluster.
 Training cost = images seen (epochs x dataset size, or total_steps x batch) / throughput, with a
 consistency step costing an extra target forward pass and a distillation step also the teacher's two. Evaluation cost = samples x NFE network
 evaluations plus decoding and feature extraction. Runs shared by several targets count once.
@@ -144,24 +149,46 @@ def estimate(cfg: dict[str, Any], train_ips: float, sample_ips: float, eval_over
     return out
 
 
+def load_config(paths: list[str], repo: str | Path | None = None) -> dict[str, Any]:
+    """The workflow config as the Snakefile builds it: paper < site file < each of `paths`."""
+    from lct.config import merge
+    from lct.wfsite import site_file
+
+    repo = Path(repo or Path(__file__).resolve().parents[1])
+    overlays = [yaml.safe_load(Path(p).read_text()) or {} for p in paths]
+    standalone = any(o.get("standalone") for o in overlays)
+    cfg: dict[str, Any] = {} if standalone else yaml.safe_load((repo / "config/config.yaml").read_text())
+    site = site_file(repo)
+    if site is not None:
+        s = yaml.safe_load(site.read_text()) or {}
+        cfg = merge(cfg, {"site": s.get("site") or {}} if standalone else s)
+    for o in overlays:
+        cfg = merge(cfg, o)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lct.estimate", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="config/config.yaml", help="workflow config")
-    p.add_argument("--train-ips", type=float, default=250.0,
+    from lct.config import resolve_workflow_experiment as resolve
+    from lct.wfsite import site_settings
+
+    p = argparse.ArgumentParser(prog="lct estimate", description=__doc__.splitlines()[0])
+    p.add_argument("--config", action="append", default=[],
+                   help="overlay on config/config.yaml (repeatable; a `standalone: true` config replaces it)")
+    p.add_argument("--train-ips", type=float, default=DEFAULT_TRAIN_IPS,
                    help="training images/s per GPU for a denoising step of the paper UNet on 32x32x4 latents")
     p.add_argument("--sample-ips", type=float, default=750.0, help="network evaluations (images) per second per GPU")
     p.add_argument("--eval-overhead-ips", type=float, default=150.0,
                    help="images/s per GPU for VAE decoding + JPEG + Inception/VGG features")
     p.add_argument("--size", action="append", default=[], metavar="DATASET=N", help="training images of a dataset")
     a = p.parse_args(argv)
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    sizes = dict(DATASET_SIZES)
+    cfg = load_config(a.config)
+    sizes = dataset_sizes(cfg)
     for item in a.size:
         k, v = item.split("=", 1)
         sizes[k] = int(v)
     missing = sorted({e["dataset"] for e in cfg["experiments"].values()} - set(sizes))
     if missing:
-        print(f"python -m lct.estimate: unknown size of {missing}; pass --size NAME=N", file=sys.stderr)
+        print(f"lct estimate: unknown size of {missing}; pass --size NAME=N", file=sys.stderr)
         return 2
     rows = estimate(cfg, a.train_ips, a.sample_ips, a.eval_overhead_ips, sizes)
     print("| target | training runs | evaluations | training GPU-h | evaluation GPU-h | total GPU-h |")
@@ -170,6 +197,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| `{t}` | {r['runs']} | {r['evals']} | {r['train_h']:,.0f} | {r['eval_h']:,.1f} | {r['total_h']:,.0f} |")
     print(f"\nAssumed per GPU: {a.train_ips:g} training images/s (denoising step; a consistency step x 4/3, a distillation step x 2), "
           f"{a.sample_ips:g} sampling network evaluations/s, {a.eval_overhead_ips:g} images/s decoding + features.")
+    site = site_settings(cfg)
+    exps = {n: resolve(cfg, n) for n in cfg["experiments"]}
+    plans = train_job_plans(cfg, exps, site["max_runtime_h"], a.train_ips)
+    gpus = next(iter(plans.values()))["gpus"] if plans else training_gpus()
+    print(f"\nTraining jobs on {gpus} GPUs each, site maximum walltime {site['max_runtime_h']:g} h, margin x{MARGIN:g}:\n")
+    print("| experiment | GPU-h | hours on the job's GPUs | job segments | runtime per attempt | retries |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, pl in plans.items():
+        print(f"| `{name}` | {pl['gpu_h']:,.0f} | {pl['wall_h']:,.1f} | {pl['segments']} | "
+              f"{pl['runtime_min'] / 60:g} h | {pl['retries']} |")
+    print(f"\nretries = segments - 1 + {SPARE_RETRIES} spare; the training rule takes the largest "
+          f"({max((pl['retries'] for pl in plans.values()), default=SPARE_RETRIES)}).")
     return 0
 
 

@@ -57,6 +57,435 @@ EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS = 0, 2, 3, 4
 # lct.config.BOOKKEEPING_KEYS, the same set the workflow leaves out of the training rule's params.
 RESUME_MAY_CHANGE = BOOKKEEPING_KEYS
 
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint was saved."""
+
+
+class BadStepsError(RuntimeError):
+    """Too many consecutive non-finite losses."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def apply_sets(d: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML); unknown keys name the key."""
+    import yaml
+
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set loss.distance=cauchy")
+        key, raw = item.split("=", 1)
+        node = d
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[:i]) or "the top level"
+                valid = sorted(node) if isinstance(node, dict) else []
+                raise ConfigError(f"--set {key}: unknown key {part!r} under {where}; valid keys are {valid}")
+            if i < len(parts) - 1:
+                node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return d
+
+
+def resolve_config(config_path: str | Path, sets: list[str] | None = None) -> ExperimentConfig:
+    """Load the experiment YAML, apply --set overrides, type-check and validate."""
+    cfg = load_experiment(config_path)
+    if sets:
+        cfg = ExperimentConfig.from_dict(apply_sets(cfg.to_dict(), sets), where=f"{config_path} with --set")
+    return validate(cfg)
+
+
+def check_data_dir(path: str | Path) -> Path:
+    """Fail before any work when the dataset dir is missing or holds neither format."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"--data {p}: no such directory; run `lct prepare-data` / `lct encode` first")
+    if not (p / "latents.npy").is_file() and not (p / "images.npy").is_file():
+        raise FileNotFoundError(f"--data {p}: holds neither latents.npy (from `lct encode`) nor images.npy "
+                                f"(from `lct prepare-data`)")
+    return p
+
+
+def total_steps_for(cfg: ExperimentConfig, num_images: int) -> int:
+    """train.total_steps, or train.epochs x N / batch rounded up."""
+    if cfg.train.total_steps is not None:
+        return int(cfg.train.total_steps)
+    return max(1, math.ceil(float(cfg.train.epochs) * num_images / cfg.train.batch_size))
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, key + ".")
+        elif va != vb and key not in RESUME_MAY_CHANGE:
+            out.append(f"{key}: {va!r} -> {vb!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------- randomness, data
+
+
+def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed for (seed, rank, step, stream): each step's randomness, independent of history."""
+    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class DataOrder:
+    """Epoch permutations laid end to end; global step s takes positions [s B, (s+1) B).
+
+    Rank r takes its contiguous shard [r b, (r+1) b) of the global batch (b = B / world), so the
+    data order is a function of (seed, step) alone and resumes from the step counter.
+    """
+
+    def __init__(self, num_images: int, seed: int, global_batch: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.seed, self.B = num_images, seed, global_batch
+        self.b, self.rank = global_batch // world_size, rank
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(step_seed(self.seed, 0, epoch, stream=0xDA7A))
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def global_indices(self, step: int) -> torch.Tensor:
+        """All B indices of global step `step` (rank r trains on rows [r b, (r+1) b) of them)."""
+        return self._at(torch.arange(self.B, dtype=torch.long) + step * self.B)
+
+    def indices(self, step: int) -> torch.Tensor:
+        return self._at(torch.arange(self.b, dtype=torch.long) + step * self.B + self.rank * self.b)
+
+    def _at(self, pos: torch.Tensor) -> torch.Tensor:
+        epochs = pos // self.n
+        out = torch.empty_like(pos)
+        for e in epochs.unique().tolist():
+            m = epochs == e
+            out[m] = self.perm(e)[pos[m] % self.n]
+        return out
+
+    def state(self, step: int) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": step * self.B // self.n, "position": step * self.B % self.n,
+                "global_batch": self.B}
+
+
+def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | None = None,
+                   teacher: torch.nn.Module | None = None):
+    """The loss object (lct.objectives); a seam where tests wrap the objective."""
+    from lct.objectives import build_objective
+
+    return build_objective(cfg, total_steps, resources, teacher)
+
+
+def with_teacher_digest(cfg: ExperimentConfig, teacher: str | Path | None) -> ExperimentConfig:
+    """Objective distillation: the config with distill.teacher_sha256 = the --teacher file's sha256, so a
+    retrained teacher is a changed config (resume refuses, --on-config-change supersede starts afresh)."""
+    if cfg.objective != "distillation":
+        if teacher is not None:
+            raise ConfigError(f"--teacher {teacher}: experiment {cfg.name!r} has objective {cfg.objective!r}; "
+                              "only objective distillation reads a teacher")
+        return cfg
+    if teacher is None:
+        raise ConfigError(f"experiment {cfg.name!r} has objective distillation: give its teacher with "
+                          f"--teacher runs/{cfg.distill.teacher or '<teacher experiment>'}/final.pt")
+    if not Path(teacher).is_file():
+        raise ConfigError(f"--teacher {teacher}: no such file; train the teacher experiment "
+                          f"({cfg.distill.teacher or 'distill.teacher'}) first")
+    from lct.download import sha256_file
+
+    digest = sha256_file(teacher)
+    if cfg.distill.teacher_sha256 not in (None, digest):
+        raise ConfigError(f"--teacher {teacher} has sha256 {digest}, but distill.teacher_sha256 = "
+                          f"{cfg.distill.teacher_sha256}; give the teacher this config was made for, or unset the key")
+    d = cfg.to_dict()
+    d["distill"]["teacher_sha256"] = digest
+    return ExperimentConfig.from_dict(d, where=f"experiment {cfg.name!r}")
+
+
+def load_teacher(cfg: ExperimentConfig, teacher: str | Path | torch.nn.Module, shape: list[int],
+                 dev: torch.device) -> torch.nn.Module:
+    """The frozen teacher denoiser of objective distillation: its distill.teacher_ema weights, checked to be
+    a denoising run on data of this run's shape."""
+    if isinstance(teacher, torch.nn.Module):  # tests: an analytic denoiser
+        return teacher.to(dev).eval().requires_grad_(False)
+    model, tcfg, info = load_checkpoint_model(teacher, cfg.distill.teacher_ema, dev)
+    if tcfg.objective != "denoising":
+        raise ConfigError(f"--teacher {teacher}: experiment {tcfg.name!r} has objective {tcfg.objective!r}; the "
+                          "teacher of distillation is a denoising run (preset ldm_ve)")
+    if list(info["data"]["shape"][1:]) != list(shape[1:]):
+        raise ConfigError(f"--teacher {teacher} was trained on data of shape {info['data']['shape'][1:]}, this run's "
+                          f"data is {shape[1:]}; distill from a teacher of the same dataset")
+    if cfg.distill.init_from_teacher:
+        ours, theirs = cfg.to_dict()["network"], tcfg.to_dict()["network"]
+        diff = [f"network.{k}: {theirs[k]!r} (teacher) vs {ours[k]!r}" for k in ours if k != "dropout" and ours[k] != theirs[k]]
+        if diff:
+            raise ConfigError(f"experiment {cfg.name!r}: distill.init_from_teacher needs the teacher's network, but "
+                              f"{'; '.join(diff)}; match the network or set distill.init_from_teacher: false")
+    return model
+
+
+def fast_path(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
+    """Which parts of the fast path are on: each train switch, or (None / "auto") on with CUDA."""
+    t, cuda = cfg.train, device.type == "cuda"
+
+    def pick(v: bool | None) -> bool:
+        return cuda if v is None else bool(v)
+
+    precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
+    return {"precision": precision, "compile": pick(t.compile), "tf32": pick(t.tf32),
+            "channels_last": pick(t.channels_last)}
+
+
+def configure_fast_path(model: torch.nn.Module, fast: dict[str, Any], device: torch.device) -> None:
+    """bf16 autocast around the UNet only (its output is cast back to float32 before the
+    preconditioning and the losses), TF32 for the float32 parts, channels_last weights."""
+    model.autocast_dtype = torch.bfloat16 if fast["precision"] == "bf16" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = fast["tf32"]
+        torch.backends.cudnn.allow_tf32 = fast["tf32"]
+    if fast["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Record SIGTERM / SIGUSR1 instead of dying; the loop checkpoints at the end of the step."""
+    received: list[int] = []
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            old[sig] = signal.signal(sig, lambda s, _f: received.append(s))
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _fork_rng(device: torch.device):
+    """Scope for seeded global RNG use, restoring the caller's RNG state afterwards."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
+          device: str | None = None, quiet: bool = False, resources: str | None = None,
+          teacher: str | Path | torch.nn.Module | None = None) -> torch.nn.Module:
+    """Train (or resume) one experiment; returns the online model (unwrapped). Raises Preempted,
+    BadStepsError, ConfigError. `teacher`: the teacher's final.pt (or a denoiser module) of objective
+    distillation."""
+    from lct.data import load_training_data
+
+    run_dir = Path(run_dir)
+    dinfo = ddist.init(device)
+    dev, rank, world = dinfo.device, dinfo.rank, dinfo.world_size
+    try:
+        t = cfg.train
+        if t.batch_size % world:
+            raise ConfigError(f"train.batch_size = {t.batch_size} is not divisible by the world size {world}")
+        if (run_dir / "final.pt").is_file():
+            if dinfo.is_main and not quiet:
+                print(f"lct train: {run_dir / 'final.pt'} exists; nothing to do", file=sys.stderr)
+            return load_checkpoint_model(run_dir / "final.pt", "online", dev)[0]
+        data, info = load_training_data(data_path)
+        if t.num_images is not None:  # the training split: the first N images (datasets.<d>.train_split)
+            if t.num_images > data.shape[0]:
+                raise ConfigError(f"train.num_images = {t.num_images} but {data_path} holds {data.shape[0]} images; "
+                                  f"lower datasets.<dataset>.train_split.count or prepare the full dataset")
+            data = data[: t.num_images]
+            info = {**info, "split": f"first {t.num_images} of {info['shape'][0]}"}
+        n, shape = data.shape[0], list(data.shape)
+        if dev.type == "cuda" and data.numel() * 4 <= 8 << 30:
+            data = data.to(dev)  # encoded latents fit on the GPU: no host-to-device copy per step
+        total = total_steps_for(cfg, n)
+
+        with _fork_rng(dev):  # weights depend on train.seed only, identical on every rank
+            torch.manual_seed(t.seed)
+            model = build_model(cfg, shape[2], shape[1]).to(dev)
+        teacher_net = None
+        if cfg.objective == "distillation":
+            if not isinstance(teacher, torch.nn.Module) and cfg.distill.teacher_sha256 is None:
+                cfg = with_teacher_digest(cfg, teacher)
+            teacher_net = load_teacher(cfg, teacher, shape, dev)
+            if cfg.distill.init_from_teacher:  # CM / LCM: the student starts as the teacher's UNet
+                model.unet.load_state_dict(teacher_net.unet.state_dict())
+        ema = EMA(model, t.ema_decays)
+        opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        objective = make_objective(cfg, total, resources, teacher_net)
+        order = DataOrder(n, t.seed, t.batch_size, rank, world)
+        data_meta = {"path": str(data_path), "shape": shape, "info": ckio.plain(info)}
+        log = JsonlLog(run_dir / "log.jsonl")
+
+        start, bad_total, bad_run = 0, 0, 0
+        latest, state = ckio.latest_checkpoint(run_dir), None
+        if latest is not None:
+            state = ckio.load(latest)
+            diff = _config_diff(state["config"], cfg.to_dict())
+            if diff:
+                raise ConfigError(f"{latest} was trained with a different config ({'; '.join(diff)}); "
+                                  f"use a new --run-dir or delete {run_dir / 'checkpoints'}")
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            start = int(state["step"])
+            bad_total = int(state["bad_steps"]["total"])
+            bad_run = int(state["bad_steps"]["consecutive"])
+            if rank == 0:
+                ckio.set_rng_state(state["rng"], dev)
+        if dinfo.is_main:
+            save_experiment(cfg, run_dir / "config.yaml")
+            log.truncate_after(start)
+            # Printed under --quiet too (it only hides the progress bar): the job log says where a run resumed.
+            from lct.config import run_length
+
+            stages = (run_length(cfg, n) or {}).get("curriculum")
+            if stages:
+                print("lct train: curriculum (eq. 10): " + ", ".join(
+                    f"N={c['N']} from iteration {c['from_iteration']}" for c in stages), file=sys.stderr)
+            print(f"lct train: {cfg.name}: {n} images {shape[1:]}, {total} steps of {t.batch_size} "
+                  f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
+                                                        if latest else "starting"), file=sys.stderr, flush=True)
+
+        fast = fast_path(cfg, dev)
+        configure_fast_path(model, fast, dev)
+        if teacher_net is not None:
+            configure_fast_path(teacher_net, fast, dev)
+        if hasattr(objective, "attach"):  # distillation's EMA target theta- (a copy of the online weights)
+            objective.attach(model, compile=fast["compile"])
+            if state is not None:
+                objective.load_state_dict(state.get("objective") or {})
+        net: torch.nn.Module = torch.compile(model) if fast["compile"] else model  # online and target share it
+        # Several ranks: gradients averaged in fixed buckets (ddist.GradientAverager, not DDP, whose
+        # re-packed buckets would make a resumed run differ from an uninterrupted one).
+        averager = ddist.GradientAverager(list(model.parameters()), world) if world > 1 else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
+        memory_format = torch.channels_last if fast["channels_last"] else torch.contiguous_format
+
+        def save(step: int) -> None:
+            if dinfo.is_main:
+                ckio.save_atomic({
+                    "kind": "checkpoint", "config": cfg.to_dict(), "step": step, "model": model.state_dict(),
+                    "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": ckio.rng_state(dev),
+                    "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
+                    "data": {**data_meta, **order.state(step)}, "world_size": world,
+                    "bad_steps": {"total": bad_total, "consecutive": bad_run}}, ckio.ckpt_path(run_dir, step))
+                ckio.prune(run_dir, t.keep_checkpoints)
+            ddist.barrier()  # no rank leaves (e.g. on preemption) before the file is complete
+
+        def batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+            """The GLOBAL batch x0 [B], its noise and the objective's generator, seeded by (seed, step) alone:
+            every rank draws the same, and the objective trains on its shard, so W ranks at B/W are the run
+            of one process at B (the OT plan is taken over the global batch, as on the authors' one GPU)."""
+            x0 = data[order.global_indices(step)].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
+            noise = torch.randn(x0.shape, generator=torch.Generator(dev).manual_seed(step_seed(t.seed, 0, step)),
+                                device=dev).contiguous(memory_format=memory_format)
+            return x0, noise, torch.Generator().manual_seed(step_seed(t.seed, 0, step, stream=2))
+
+        def forward_backward(step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+            """Loss, gradient norm (device tensors) and logs; backward always runs, so every rank
+            averages its gradients and a non-finite loss shows up in the norm on every rank."""
+            x0, noise, gen = batch(step)
+            with _fork_rng(dev):  # dropout and any module randomness: also from (seed, rank, step)
+                torch.manual_seed(step_seed(t.seed, rank, step, stream=1))
+                per_sample, logs = objective(net, x0, noise, step, generator=gen, shard=(rank, world))
+                loss = per_sample.float().mean()
+                loss.backward()
+                if averager is not None:
+                    averager.finish()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # no sync: a tensor
+            return loss.detach(), grad_norm, logs
+
+        def update() -> None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(model)
+            if hasattr(objective, "after_update"):
+                objective.after_update(model)  # distillation: theta- <- mu theta- + (1 - mu) theta
+
+        bar = ProgressBar(start, total, enabled=dinfo.is_main and not quiet)
+        window, t_window, steps_window = Averager(), time.perf_counter(), 0
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        model.train()
+        with _stop_signals() as stop:
+            for step in range(start, total):
+                loss, grad_norm, logs = forward_backward(step)
+                # The NaN guard: the one host synchronisation of a step (every rank agrees).
+                bad = ddist.any_true(~(torch.isfinite(loss) & torch.isfinite(grad_norm)), dev)
+                if bad:
+                    opt.zero_grad(set_to_none=True)  # skip the step
+                    bad_total, bad_run = bad_total + 1, bad_run + 1
+                    if bad_run >= t.max_bad_steps:
+                        last = ckio.latest_checkpoint(run_dir)
+                        raise BadStepsError(
+                            f"{bad_run} consecutive non-finite losses or gradients at step {step} "
+                            f"(train.max_bad_steps = {t.max_bad_steps}); the last good checkpoint is "
+                            f"{last or 'none'}. Lower train.lr, set train.grad_clip, or check the data.")
+                else:
+                    update()
+                    bad_run = 0
+                    window.add({**logs, "loss": loss, "grad_norm": grad_norm})
+                steps_window += 1
+                done = step + 1
+                if done % t.log_every == 0 or done == total:
+                    rec = ddist.mean_scalars(window.pop(), dev)  # device values are read here only
+                    elapsed = time.perf_counter() - t_window
+                    rec.update(step=done, epoch=done * t.batch_size / n, lr=opt.param_groups[0]["lr"],
+                               images_per_s=steps_window * t.batch_size / max(elapsed, 1e-9),
+                               bad_steps=bad_total, peak_mem_mb=_peak_mem_mb(dev), time=time.time())
+                    if dinfo.is_main:
+                        log.write({"step": done, **{k: v for k, v in rec.items() if k != "step"}})
+                    bar.update(rec, steps_window)
+                    t_window, steps_window = time.perf_counter(), 0
+                if t.snapshot_every and done % t.snapshot_every == 0 and dinfo.is_main:
+                    ckio.save_atomic({"kind": "snapshot", "config": cfg.to_dict(), "step": done,
+                                      "ema": ema.state_dict(), "data": data_meta},
+                                     ckio.snapshot_path(run_dir, done))
+                stopping = ddist.any_true(bool(stop), dev)
+                if (done % t.checkpoint_every == 0 or stopping) and done < total:
+                    save(done)
+                if stopping and done < total:
+                    bar.close()
+                    raise Preempted(f"signal {stop[0] if stop else '(other rank)'}: checkpoint saved at "
+                                    f"step {done}; rerun the same command to resume")
+        bar.close()
+        if start < total:
+            # A resumable checkpoint at the last step too: if the job dies after final.pt is written but
+            # before the workflow records success (a time limit hit while tearing down, a node failure),
+            # Snakemake deletes final.pt and the retry only rewrites it from here.
+            save(total)
+        if dinfo.is_main:
+            ckio.save_atomic({"kind": "final", "config": cfg.to_dict(), "step": total, "model": model.state_dict(),
+                              "ema": ema.state_dict(), "data": data_meta}, run_dir / "final.pt")
+            plot_losses(log.read(), run_dir / "loss.png", title=cfg.name)
+        ddist.barrier()
+        return model
+    finally:
+        ddist.shutdown()
+
+
+def _peak_mem_mb(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------- command line
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lct train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="resolved experiment YAML (lct.config)")

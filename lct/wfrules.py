@@ -48,6 +48,9 @@ class Rules:
         self.site = site_settings(config)
         self._warned: set[str] = set()
         self.executing: Callable[[], bool] = lambda: False  # common.smk: True when jobs will really run
+        # `snakemake --report` after a partial run: targets keep only the files that exist, and
+        # report_status() lists what is there and what is missing for the report's front page.
+        self.report_mode = False
 
     # ---- names and paths ------------------------------------------------------------------------
 
@@ -402,18 +405,36 @@ class Rules:
         def inputs(wildcards):
             if table not in self.config["tables"]:
                 _fail(f"target {table}: this config has no tables.{table}")
-            return self.table_files(table)
+            return self._present(self.table_files(table))
 
         inputs.__name__ = f"{table}_files"
         return inputs
 
+    def _present(self, files: list[str]) -> list[str]:
+        """Every file, or under `--report` only those that exist (a partial run's report)."""
+        return [f for f in files if Path(f).exists()] if self.report_mode else files
+
     def all_table_files(self, wildcards) -> list[str]:
         """`all_tables`: the paper's tables (those with a `published` id)."""
-        return [f for t in paper_tables(self.config) for f in self.table_files(t)]
+        return self._present([f for t in paper_tables(self.config) for f in self.table_files(t)])
 
     def every_table_file(self, wildcards) -> list[str]:
-        """`all`: the paper's tables and those beyond it (table_cd)."""
-        return [f for t in self.config["tables"] for f in self.table_files(t)]
+        """`all`: the paper's tables and those beyond it (table_cd); under --report also the cell results."""
+        files = [f for t in self.config["tables"] for f in self.table_files(t)]
+        cells = sorted(str(p) for p in Path(self.results, "cells").glob("*.md")) if self.report_mode else []
+        return self._present(files) + cells
+
+    def expected_outputs(self) -> dict[str, list[str]]:
+        """What `all` builds, by kind: the tables (csv), figures (png) and sample grids."""
+        figs = [self.figure_files(n)[0] for n in ("fig1", "fig2", "fig3") if n in self.config["figures"] or n == "fig2"]
+        return {"tables": [self.table_files(t)[0] for t in self.config["tables"]], "figures": figs,
+                "sample grids": self.sample_grids()}
+
+    def report_status(self) -> dict[str, dict[str, list[str]]]:
+        """{kind: {"present": [...], "missing": [...]}}: the front page of a partial run's report."""
+        return {kind: {"present": [Path(f).name for f in files if Path(f).exists()],
+                       "missing": [Path(f).name for f in files if not Path(f).exists()]}
+                for kind, files in self.expected_outputs().items()}
 
     def sample_grids(self) -> list[str]:
         s = self.config["figures"].get("samples")
@@ -425,7 +446,7 @@ class Rules:
         def inputs(wildcards):
             if name not in self.config["figures"] and name != "fig2":
                 _fail(f"target {name}: this config has no figures.{name}")
-            return self.sample_grids() if name == "samples" else self.figure_files(name)
+            return self._present(self.sample_grids() if name == "samples" else self.figure_files(name))
 
         inputs.__name__ = f"{name}_files"
         return inputs
@@ -435,7 +456,7 @@ class Rules:
         for name in ("fig1", "fig3"):
             if name in self.config["figures"]:
                 files += self.figure_files(name)
-        return files + self.sample_grids()
+        return self._present(files + self.sample_grids())
 
     def fig1_inputs(self, wildcards) -> dict[str, str]:
         f1 = self.config["figures"]["fig1"]

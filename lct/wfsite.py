@@ -122,17 +122,28 @@ def report_source_problem(problem: str, warned: set[str], executing: bool) -> No
         print(f"warning: {problem} (a real run refuses to start)", file=sys.stderr)
 
 
-def check_targets(argv: list[str], targets: list[str]) -> None:
-    """An unknown target on the command line gets one line listing the targets (file paths pass through)."""
+def cli_args(argv: list[str]) -> Any:
+    """Snakemake's own parse of its command line (targets, --report), or None when it cannot be parsed."""
     try:
         from snakemake.cli import get_argument_parser
 
         args, _ = get_argument_parser().parse_known_args(argv)
+        return args
     except (SystemExit, Exception):  # noqa: BLE001 - Snakemake parses its own command line; never fail here
-        return
+        return None
+
+
+def check_targets(argv: list[str], targets: list[str]) -> None:
+    """An unknown target on the command line gets one line listing the targets (file paths pass through)."""
+    args = cli_args(argv)
     for t in getattr(args, "targets", None) or []:
         t = str(t)
         if "/" in t or "." in t or t in targets:
             continue
         raise ConfigError(f"unknown target {t!r}; the targets are: {', '.join(targets)} "
                           "(or a file path under results/); e.g. `snakemake --profile slurm all_tables`")
+
+
+def is_report_run(argv: list[str]) -> bool:
+    """`snakemake --report ...`: the targets then list only what exists (lct.wfrules.Rules.report_mode)."""
+    return bool(getattr(cli_args(argv), "report", None))

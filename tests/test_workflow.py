@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,7 +123,10 @@ def test_paper_text_dry_run_schedules_the_same_runs_under_its_own_name(tmp_path)
     r = snakemake(args + ["--dry-run", "all"])
     assert r.returncode == 0, r.stdout[-3000:]
     assert job_counts(r.stdout).get("train") == 27
-    assert "results/paper_text/runs/celebahq_slct/final.pt" in r.stdout and "results/paper/" not in r.stdout
+    assert "results/paper_text/runs/celebahq_slct/final.pt" in r.stdout and "results/paper/runs" not in r.stdout
+    # the data stage is the paper run's (data_from: paper): downloads, latents and reference statistics once
+    assert "results/paper/data/celebahq256/latents/latents.npy" in r.stdout
+    assert "results/paper_text/data" not in r.stdout and "results/paper_text/ref" not in r.stdout
 
 
 @pytest.mark.parametrize("profile", ["profiles/local", "profiles/slurm"])
@@ -179,12 +183,14 @@ def test_all_tables_is_the_papers_seven_and_table_cd_shares_the_teacher(tmp_path
         assert ("--teacher results/paper/runs/celebahq_ldm/final.pt" in c) == ("celebahq_cd_" in c), c
 
 
-def test_cell_target_builds_one_experiment_and_its_table(tmp_path):
+def test_cell_target_trains_that_experiment_alone(tmp_path):
     args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"))
     r = snakemake(args + ["--dry-run", "cell", "--config", "cell=celebahq_2c_geman_mcclure"])
     assert r.returncode == 0, r.stdout[-2000:]
-    assert "results/paper/tables/table2c.csv" in r.stdout
-    assert "table1a.csv" not in r.stdout and "table2a.csv" not in r.stdout
+    counts = job_counts(r.stdout)
+    assert counts["train"] == 1 and counts["evaluate"] == 1 and "table" not in counts, counts
+    assert "results/paper/cells/celebahq_2c_geman_mcclure.md" in r.stdout
+    assert "runs/celebahq_2c_geman_mcclure/final.pt" in r.stdout and "tables/table2c.csv" not in r.stdout
 
 
 @pytest.mark.parametrize("edit, named", [
@@ -260,9 +266,25 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     html = "".join(zipfile.ZipFile(tmp_path / "report.zip").read(n).decode("utf-8", "replace")
                    for n in names if n.endswith((".html", ".js")))
     assert "Table 2a (CelebA-HQ, 1 NFE)" in html and "reading" in html
-    # 4. Nothing left to do; then changing one experiment's settings reruns only that experiment.
+    # 4. Nothing left to do; bookkeeping never retrains: cadence and worker keys edited, the data moved
+    #    behind a symlink, the whole working folder moved elsewhere.
     r = snakemake(_mini_args(cfg) + ["--dry-run", "all"], cwd=tmp_path)
     assert "Nothing to be done" in r.stdout, r.stdout[-2000:]
+    book = yaml.safe_load(cfg.read_text())
+    book["defaults"].setdefault("train", {}).update(checkpoint_every=7, keep_checkpoints=1, log_every=3,
+                                                     num_workers=1, max_bad_steps=5, snapshot_every=50)
+    cfg.write_text(yaml.safe_dump(book))
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-data"
+    shutil.move(out / "data", elsewhere)
+    (out / "data").symlink_to(elsewhere)
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    tmp_path, cfg, out = moved, moved / cfg.name, moved / "results/mini"
+    r = snakemake(_mini_args(cfg) + ["all"], cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    ran = {k for k in job_counts(r.stdout) if k != "total"}
+    assert ran <= {"experiment_config"}, r.stdout[-3000:]  # the configs are rewritten, nothing retrains
+    # then changing one experiment's weight setting reruns only that experiment, naming the key
     changed = yaml.safe_load(cfg.read_text())
     changed["experiments"]["mini_slct"]["overrides"] = {"loss": {"diffusion_r": 0.5}}
     cfg.write_text(yaml.safe_dump(changed))
@@ -272,6 +294,7 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     assert counts == {"experiment_config": 1, "train": 1, "evaluate": 1, "table": 1, "all": 1}, counts
     assert "runs/mini_slct/final.pt" in r.stdout and "runs/mini_ilct/final.pt" not in r.stdout
     assert "wildcards: table=table1a" in r.stdout and "wildcards: table=table2a" not in r.stdout
+    assert "before: 'loss.diffusion_r=0.25' now: 'loss.diffusion_r=0.5'" in r.stdout, r.stdout[-3000:]
 
 
 def test_paper_config_writes_the_split_and_iteration_count(tmp_path):

@@ -2,11 +2,15 @@
 # lists, command arguments, targets, captions, site resources) is lct/wfrules.py, tested as plain
 # Python; a rule names R.<method> as its input function or params (Snakemake passes wildcards).
 from lct.wfrules import Rules, alternation
+from lct.wfsite import is_report_run
 
 # Checks every cross-reference, resolves every experiment (ranges included), reads the site knobs;
 # a bad value ends the run here in one line naming the key.
 R = exit_on_config_error(lambda: Rules(config))
 R.executing = lambda: workflow.executor_plugin is not None and not workflow.dryrun
+if workflow.is_main_process and is_report_run(sys.argv[1:]):
+    R.report_mode = True  # a partial run's report: what exists, and a list of what is missing
+    config["report_status"] = R.report_status()
 RESULTS = R.results  # results/<name>: runs, evaluations, tables, figures
 DATA = R.data_root  # results/<data_from or name>: images, latents, reference statistics
 RES = R.res
