@@ -315,7 +315,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     return ExperimentConfig.from_dict(d, where=str(path))
 
 
-def save_experiment(cfg: ExperimentConfig, path: str | Path) -> None:
+def save_experiment(cfg: ExperimentConfig, path: str | Path, note: str | None = None) -> None:
     """Write the resolved config atomically (temporary name, then rename), with the run length it
     implies (iterations, curriculum stages) as comments when the config alone determines it."""
     import yaml
@@ -332,6 +332,8 @@ def save_experiment(cfg: ExperimentConfig, path: str | Path) -> None:
             header += "\n# Curriculum (eq. 10): " + ", ".join(
                 f"N={c['N']} from {c['from_iteration']:,}" for c in length["curriculum"])
         header += "\n"
+    if note:
+        header += "".join(f"# {line}\n" for line in note.splitlines())
     tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tmp.replace(path)
 

@@ -90,6 +90,22 @@ def apply_sets(d: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return d
 
 
+def run_settings_sets(path: str | Path | None) -> list[str]:
+    """`--run-settings configs/<e>.run.yaml` (the workflow's bookkeeping: cadence, workers) as --set items;
+    only lct.config.BOOKKEEPING_KEYS may appear there."""
+    if not path:
+        return []
+    import json
+
+    import yaml
+
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    bad = sorted(set(d) - set(BOOKKEEPING_KEYS))
+    if bad:
+        raise ConfigError(f"--run-settings {path}: {bad} change the weights; only {sorted(BOOKKEEPING_KEYS)} may be set there")
+    return [f"{k}={json.dumps(v)}" for k, v in d.items() if k != "name"]
+
+
 def resolve_config(config_path: str | Path, sets: list[str] | None = None) -> ExperimentConfig:
     """Load the experiment YAML, apply --set overrides, type-check and validate."""
     cfg = load_experiment(config_path)
@@ -491,6 +507,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="resolved experiment YAML (lct.config)")
     p.add_argument("--data", required=True, help="latents dir (lct encode) or dataset dir (images.npy)")
     p.add_argument("--run-dir", required=True, help="output dir: config.yaml, checkpoints/, log.jsonl, final.pt")
+    p.add_argument("--run-settings", default=None,
+                   help="YAML of bookkeeping keys (dotted: train.checkpoint_every, ...) applied over --config; the "
+                        "workflow writes configs/<e>.run.yaml so that editing them never retrains")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -555,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:  # everything that can be wrong with the command is checked before any work
-        cfg = with_teacher_digest(resolve_config(args.config, args.set), args.teacher)
+        sets = run_settings_sets(args.run_settings) + args.set
+        cfg = with_teacher_digest(resolve_config(args.config, sets), args.teacher)
         check_data_dir(args.data)
     except (ConfigError, FileNotFoundError) as e:
         print(f"lct train: error: {e}", file=sys.stderr)

@@ -190,7 +190,12 @@ def write_experiment(resolved_json: str, path: str | Path, log: str | Path | Non
     """The `experiment_config` rule: a resolved experiment (its params) -> YAML with its run length."""
     from lct.config import save_experiment
 
-    save_experiment(ExperimentConfig.from_dict(json.loads(resolved_json)), path)
+    from lct.config import BOOKKEEPING_KEYS
+
+    keys = ", ".join(sorted(k for k in BOOKKEEPING_KEYS if k != "name"))
+    save_experiment(ExperimentConfig.from_dict(json.loads(resolved_json)), path,
+                    note=f"Bookkeeping ({keys}) may be newer in {Path(path).stem}.run.yaml beside this file: the\n"
+                         "workflow passes it as `lct train --run-settings`, and editing it never retrains.")
     if log:
         Path(log).write_text(f"wrote {path}\n")
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from lct.config import flat_settings, weight_settings
+from lct.config import BOOKKEEPING_KEYS, flat_settings, weight_settings
 from lct.wfconfig import canonical, check_references, figure_slice, paper_tables, report_caption, resolve_all, table_slice
 from lct.wfsite import dataset_source_problem, report_source_problem, site_settings
 
@@ -242,10 +242,10 @@ class Rules:
         """The resolved experiment as canonical JSON: a params value that changes only with it."""
         return json.dumps(self.experiments[wildcards.experiment].to_dict(), sort_keys=True)
 
-    def train_settings_params(self) -> dict[str, Callable]:
-        """The training rule's params: one per setting that changes the trained weights ("train.lr=0.0001"),
-        so editing bookkeeping (checkpoint/log cadence, workers, paths) plans no retraining, and the reason
-        Snakemake prints for a changed one names only the keys that changed."""
+    def settings_params(self) -> dict[str, Callable]:
+        """The experiment_config rule's params: one per setting that changes the trained weights
+        ("train.lr=0.0001"), so the reason Snakemake prints for a rewritten config (and so a retraining)
+        names only the keys that changed, and bookkeeping (lct.config.BOOKKEEPING_KEYS) never rewrites it."""
         keys = sorted(weight_settings(next(iter(self.experiments.values())))) if self.experiments else []
 
         def param(key: str) -> Callable:
@@ -258,13 +258,20 @@ class Rules:
 
         return {"s_" + re.sub(r"\W", "_", k): param(k) for k in keys}
 
+    def run_settings_json(self, wildcards) -> str:
+        """The run_settings rule's params: the bookkeeping keys of one experiment (dotted), canonical JSON."""
+        flat = flat_settings(self.experiments[wildcards.experiment])
+        return json.dumps({k: flat[k] for k in sorted(BOOKKEEPING_KEYS) if k in flat and k != "name"}, sort_keys=True)
+
     def train_inputs(self, wildcards) -> dict[str, Any]:
-        """The resolved config and the fetched-weights marker are `ancient`: rewriting the config for a
-        bookkeeping change, or refetching weights, never retrains (the settings are params instead)."""
+        """The weight settings (configs/<e>.yaml, rewritten only when one changes) and the bookkeeping
+        (configs/<e>.run.yaml, `ancient`: rewriting it never retrains); the fetched-weights marker is
+        `ancient` too (refetching weights retrains nothing)."""
         from snakemake.io import ancient
 
         e = wildcards.experiment
-        inputs: dict[str, Any] = {"config": ancient(self.experiment_config_path(e)),
+        inputs: dict[str, Any] = {"config": self.experiment_config_path(e),
+                                  "run": ancient(f"{self.results}/configs/{e}.run.yaml"),
                                   "data": self.training_data_file(self.dataset_of(e))}
         if self.experiments[e].loss.distance == "elatentlpips" and self.needs_fetch():
             inputs["weights"] = ancient(self.fetch_marker())

@@ -54,7 +54,7 @@ def test_two_clones_share_one_site_profile_and_keep_their_own_resources(tmp_path
     assert (site / "config.yaml").read_text() == (ROOT / "profiles/slurm/config.yaml").read_text()
     assert "set-resources" not in yaml.safe_load((site / "config.yaml").read_text())  # site settings only
     r = run(env_setup, b, home)
-    assert r.returncode == 0 and "is current" in r.stdout, r.stdout
+    assert r.returncode == 0 and "exists (left as is) and names the SLURM executor" in r.stdout, r.stdout
     for repo, gpus in ((a, 4), (b, 2)):
         r = run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--printshellcmds", "table2b"], repo, home)
         assert r.returncode == 0, r.stdout[-3000:]
@@ -68,8 +68,13 @@ def test_setup_never_replaces_a_profile_it_did_not_make(tmp_path):
     own.mkdir(parents=True)
     (own / "config.yaml").write_text("executor: slurm\n# my site\n")
     r = run(["bash", "envs/setup.sh"], ROOT, home)
-    assert r.returncode == 0 and "not made by this script; left as is" in r.stdout
+    # never overwritten; what it lacks is named, with the line to add
+    assert r.returncode == 0 and "exists and is left as is; it lacks" in r.stdout, r.stdout
+    assert "slurm-status-command: squeue" in r.stdout and "executor: slurm (" not in r.stdout
     assert (own / "config.yaml").read_text() == "executor: slurm\n# my site\n"
+    (own / "config.yaml").write_text("executor: cluster-generic\n")
+    r = run(["bash", "envs/setup.sh"], ROOT, home)
+    assert "executor: slurm (it has 'cluster-generic'" in r.stdout, r.stdout
     link = tmp_path / "home2/.config/snakemake/slurm"
     link.parent.mkdir(parents=True)
     link.symlink_to(tmp_path / "elsewhere")

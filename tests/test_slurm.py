@@ -359,3 +359,52 @@ def test_wrong_account_or_partition_fails_at_once(tmp_path, var, value, message)
     assert re.search(message, proc.stderr + proc.stdout), (proc.stderr + proc.stdout)[-3000:]
     assert took < 60
     print(f"  wrong {var}: failed after {took:.1f} s")
+
+
+def test_controller_job_runs_the_workflow_and_requeues_itself_near_its_limit():
+    """profiles/slurm/controller.sbatch: Snakemake as a SLURM job (it submits the workflow's jobs from
+    inside it); the SIGTERM that --signal=B:TERM@600 sends before the controller's limit (sent here with
+    `scancel -b -s TERM`) stops Snakemake and requeues the controller, whose next run finishes the work."""
+    name = "slurm-ctl"
+    shutil.rmtree(ROOT / "results" / name, ignore_errors=True)
+    target = f"results/{name}/data/mnist/latents/latents.npy"  # three jobs: prepare_data, train_vae, encode
+    env = {**os.environ, "SBATCH_ACCOUNT": "lct_ci", "SBATCH_PARTITION": "gpu"}
+    env.pop("LCT_SITE_CONFIG", None)
+    jobid = subprocess.run(
+        ["sbatch", "--parsable", "-p", "debug", "--time=10", "profiles/slurm/controller.sbatch", target,
+         "--configfile", MINI, "--config", f"name={name}", f"resources_dir=results/{name}/resources",
+         "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=30).stdout.strip().split(";")[0]
+    log = ROOT / ".snakemake" / f"controller-{jobid}.log"
+
+    def wait_for(text: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            content = log.read_text() if log.exists() else ""
+            if text in content:
+                return content
+            time.sleep(1)
+        raise AssertionError(f"{text!r} not in {log} after {seconds} s:\n" + (log.read_text() if log.exists() else ""))
+
+    t0 = time.monotonic()
+    try:
+        wait_for("has been submitted with SLURM jobid", 120)  # the controller submitted a workflow job
+        subprocess.run(["scancel", "-b", "-s", "TERM", jobid], check=True, timeout=30)
+        wait_for("requeued job", 120)
+        # the test cluster only: skip SLURM's two-minute hold of a requeued job
+        for _ in range(30):
+            if subprocess.run(["scontrol", "update", f"jobid={jobid}", "BeginTime=now"],
+                              capture_output=True, timeout=30).returncode == 0:
+                break
+            time.sleep(1)
+        text = wait_for("run 1 on", 120)
+        deadline = time.monotonic() + 240
+        while f"{jobid} " in subprocess.run(["squeue", "-h", "-o", "%i "], capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(2)
+        text = log.read_text()
+    finally:
+        subprocess.run(["scancel", jobid], capture_output=True, timeout=30)
+    print(f"\n  controller drill: {time.monotonic() - t0:.0f} s, job {jobid}")
+    assert "stopping Snakemake" in text and "snakemake exited with 0" in text, text[-3000:]
+    assert (ROOT / target).is_file(), text[-3000:]

@@ -4,6 +4,7 @@ checked end to end by tests/test_workflow.py; here each answer on its own)."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,7 +75,7 @@ def test_training_params_are_the_weight_settings_one_per_key(paper):
     """Bookkeeping (cadence, workers) is not a param, so editing it never plans a retraining; each weight
     setting is its own param, so Snakemake's reason names the keys that changed."""
     r = Rules(paper)
-    params = r.train_settings_params()
+    params = r.settings_params()
     values = {fn(w(experiment="celebahq_slct")) for fn in params.values()}
     assert "train.lr=0.0001" in values and 'loss.distance="cauchy"' in values
     assert not any(v.startswith(("train.checkpoint_every", "train.log_every", "train.num_workers",
@@ -83,10 +84,12 @@ def test_training_params_are_the_weight_settings_one_per_key(paper):
     cfg = copy.deepcopy(paper)
     cfg["defaults"]["train"]["checkpoint_every"] = 7
     cfg["defaults"]["train"]["log_every"] = 3
-    assert {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).train_settings_params().values()} == values
+    assert {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).settings_params().values()} == values
     cfg["experiments"]["celebahq_slct"]["overrides"]["train"]["lr"] = 2e-4
-    changed = {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).train_settings_params().values()} - values
+    changed = {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).settings_params().values()} - values
     assert changed == {"train.lr=0.0002"}
+    run = json.loads(Rules(cfg).run_settings_json(w(experiment="celebahq_slct")))
+    assert run["train.checkpoint_every"] == 7 and run["train.log_every"] == 3 and "train.lr" not in run
 
 
 def test_fid_reference_file_becomes_an_input_and_an_argument(paper):

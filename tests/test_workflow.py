@@ -283,7 +283,7 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     r = snakemake(_mini_args(cfg) + ["all"], cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:]
     ran = {k for k in job_counts(r.stdout) if k != "total"}
-    assert ran <= {"experiment_config"}, r.stdout[-3000:]  # the configs are rewritten, nothing retrains
+    assert ran <= {"run_settings"}, r.stdout[-3000:]  # the bookkeeping files are rewritten, nothing retrains
     # then changing one experiment's weight setting reruns only that experiment, naming the key
     changed = yaml.safe_load(cfg.read_text())
     changed["experiments"]["mini_slct"]["overrides"] = {"loss": {"diffusion_r": 0.5}}
@@ -294,6 +294,7 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
     assert counts == {"experiment_config": 1, "train": 1, "evaluate": 1, "table": 1, "all": 1}, counts
     assert "runs/mini_slct/final.pt" in r.stdout and "runs/mini_ilct/final.pt" not in r.stdout
     assert "wildcards: table=table1a" in r.stdout and "wildcards: table=table2a" not in r.stdout
+    # the reason names the key that changed (the config writer's params are one per weight setting)
     assert "before: 'loss.diffusion_r=0.25' now: 'loss.diffusion_r=0.5'" in r.stdout, r.stdout[-3000:]
 
 

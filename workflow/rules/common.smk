@@ -9,7 +9,9 @@ from lct.wfsite import is_report_run
 R = exit_on_config_error(lambda: Rules(config))
 R.executing = lambda: workflow.executor_plugin is not None and not workflow.dryrun
 if workflow.is_main_process and is_report_run(sys.argv[1:]):
-    R.report_mode = True  # a partial run's report: what exists, and a list of what is missing
+    R.report_mode = (
+        True  # a partial run's report: what exists, and a list of what is missing
+    )
     config["report_status"] = R.report_status()
 RESULTS = R.results  # results/<name>: runs, evaluations, tables, figures
 DATA = R.data_root  # results/<data_from or name>: images, latents, reference statistics
