@@ -3,7 +3,7 @@
 An experiment is a preset (`ilct`, `slct`, `slct_as_coded`, `ldm_ve`, ...) plus a nested dict
 of overrides, e.g. ``{"loss": {"distance": "geman_mcclure"}}``, resolved under one of two
 *readings* of the paper (`READINGS`): ``as_coded``, the authors' code that produced the published
-numbers (METHOD.md section 4), or ``paper_text``, the paper's equations as printed. Every
+numbers (docs/METHOD.md section 4), or ``paper_text``, the paper's equations as printed. Every
 Table 2 row is a preset plus one override. The resolved config is written beside each run and inside every checkpoint.
 Unknown keys and wrong types raise `ConfigError` naming the dotted key.
 """
@@ -132,7 +132,7 @@ class ExperimentConfig:
         return _build(cls, d, where)
 
 
-# Presets. Each component of the paper is its own switch (METHOD.md section 3).
+# Presets. Each component of the paper is its own switch (docs/METHOD.md section 3).
 _ILCT = {
     "objective": "consistency",
     "network": {"norm": "group"},
@@ -143,7 +143,7 @@ _SLCT = {
     "network": {"norm": "nsln"},
     "loss": {"distance": "cauchy", "c": "scaled", "diffusion_loss": True, "diffusion_r": 0.25, "ot": True},
 }
-# The authors' code (METHOD.md section 4): mean-reduced distances, as-coded c schedule, diffusion
+# The authors' code (docs/METHOD.md section 4): mean-reduced distances, as-coded c schedule, diffusion
 # loss at the larger sigma weighted by 1/t^2 + 1/sigma_data^2 with weight 5.
 _SLCT_AS_CODED = copy.deepcopy(_SLCT)
 _SLCT_AS_CODED["loss"].update(
@@ -182,7 +182,7 @@ READINGS: dict[str, dict[str, Any]] = {
         "loss": {"reduction": "sum", "diffusion_variant": "paper", "diffusion_weight": 1.0},
         "scaled_c": "adaptive",
     },
-    # The authors' code (quandao10/LCT, branch `ot`; METHOD.md section 4), which produced the
+    # The authors' code (quandao10/LCT, branch `ot`; docs/METHOD.md section 4), which produced the
     # published numbers: distances averaged over dimensions (the same c is sqrt(d) = 64 times
     # larger in sum terms at 32x32x4), c0 in the first curriculum stage then
     # exp(-1.15 ln(N-1) - 0.85), the diffusion loss at the larger sigma weighted by

@@ -7,7 +7,7 @@ statistics are fitted into ``norm.npz`` and ``latents.json`` is written last (it
 then the shards are removed.
 
 What is stored (``--posterior``): ``sample``, one draw z = mean + std * eps of q(z|x) per image, as
-the authors' preprocessing wrote its latents (`latent_dist.sample()`, METHOD.md section 4), or
+the authors' preprocessing wrote its latents (`latent_dist.sample()`, docs/METHOD.md section 4), or
 ``mean``, the posterior mean. A sample's eps comes from a generator seeded by (``--seed``, image
 index), so a rerun, a resumed encode or another batch size writes the very same latents. The
 posterior std is not stored per element; its average is recorded in latents.json

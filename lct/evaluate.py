@@ -2,7 +2,7 @@
 
 Samples are generated with per-image seeds, decoded in batches and streamed into the feature
 extractors shard by shard; each finished shard's features are cached atomically under
-`<out>.shards/`, so rerunning the same command resumes. Protocol (paper/METHOD.md section 4): the
+`<out>.shards/`, so rerunning the same command resumes. Protocol (docs/METHOD.md section 4): the
 authors saved samples and real images as JPEG and ran pytorch-fid, which clean-fid's
 `legacy_pytorch` mode reproduces. With `--image-format jpeg` each image is round-tripped through an
 in-memory JPEG at `--jpeg-quality` (default 75: PIL's default, which `torchvision.utils.save_image`

@@ -2,7 +2,7 @@
 
 Every distance is a function of the squared residual norm s = ||x - y||^2. With
 ``reduction="sum"`` s is summed over dimensions (the paper); with ``reduction="mean"`` it is
-averaged (the authors' code, METHOD.md section 4), which is the same as the sum form with c
+averaged (the authors' code, docs/METHOD.md section 4), which is the same as the sum form with c
 replaced by c * sqrt(d). All robust distances behave like s / (2 c^2) near zero (Pseudo-Huber:
 s / (2 c)), which is what makes them comparable.
 """
@@ -65,7 +65,7 @@ def _norm_distance(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Callabl
     return dist
 
 
-# E-LatentLPIPS as the authors ran it (METHOD.md section 4): ELatentLPIPS(encoder="sd15",
+# E-LatentLPIPS as the authors ran it (docs/METHOD.md section 4): ELatentLPIPS(encoder="sd15",
 # augment=None), called on the model's standardized latents with normalize=False, ensembling=False.
 ELATENTLPIPS_FILES = ("sd15_latent_vgg16.pth.tar", "sd15_latest_vgg16_tuned.pth")  # trunk, calibrated heads
 

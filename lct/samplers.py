@@ -34,7 +34,7 @@ def two_step_sigmas(cfg: "ExperimentConfig") -> list[float]:
     """[sigma_max, sigma of index sample.two_step_index on the sample.two_step_grid-point grid].
 
     The grid is indexed from 0 at sigma_max (descending), as in the authors' code: index 420 of
-    641 points is the ascending point 640 - 420 = 220, t = 0.52858 (METHOD.md section 4).
+    641 points is the ascending point 640 - 420 = 220, t = 0.52858 (docs/METHOD.md section 4).
     """
     s = cfg.schedule
     grid = karras_sigmas(cfg.sample.two_step_grid, s.sigma_min, s.sigma_max, s.rho).flip(0)  # descending

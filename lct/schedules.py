@@ -1,7 +1,7 @@
 """Noise grids, preconditioning, curricula, timestep distributions, weightings and the scale c.
 
 Pure functions named after the symbols of the paper (arXiv 2502.01441) and of iCT (Song &
-Dhariwal 2024); see ../shared/paper/METHOD.md sections 1-4. Grids are float64 and ascending
+Dhariwal 2024); see docs/METHOD.md sections 1-4. Grids are float64 and ascending
 (t_1 = sigma_min < ... < t_N = sigma_max); index i in code is 0-based, so the pair
 (t_i, t_{i+1}) of the paper is (sigmas[i], sigmas[i + 1]).
 """
@@ -32,7 +32,7 @@ Tensorish = torch.Tensor | float
 
 def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
     """Karras et al. (2022) discretization, ascending, float64 [n]."""
-    # t_i = (t_min^(1/rho) + (i-1)/(N-1) (t_max^(1/rho) - t_min^(1/rho)))^rho, i = 1..N (METHOD.md 1)
+    # t_i = (t_min^(1/rho) + (i-1)/(N-1) (t_max^(1/rho) - t_min^(1/rho)))^rho, i = 1..N (docs/METHOD.md 1)
     if n < 2:
         raise ValueError(f"karras_sigmas needs n >= 2 points, got {n}")
     ramp = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
@@ -113,7 +113,7 @@ def c_as_coded(n: int, first_stage: bool, d: int) -> float:
     """The authors' code: c0 during the first curriculum stage, then exp(-1.15 ln(N - 1) - 0.85)."""
     if first_stage:
         return c_fixed(d)
-    return math.exp(-1.15 * math.log(n - 1) - 0.85)  # METHOD.md section 4
+    return math.exp(-1.15 * math.log(n - 1) - 0.85)  # docs/METHOD.md section 4
 
 
 def scale_c(cfg: "ExperimentConfig", k: int, K: int, d: int) -> float:

@@ -2,7 +2,7 @@
 
 - `load_vae(dir)`: the SD-VAE (or the demo VAE) from a LOCAL folder only; a missing folder fails
   at once naming the `fetch_weights` rule (paper) or `lct train-vae` (demo).
-- `LatentNormalizer`: ``sd_scale`` (z = 0.18215 x) or ``standardize`` (authors' code, METHOD.md 4:
+- `LatentNormalizer`: ``sd_scale`` (z = 0.18215 x) or ``standardize`` (authors' code, docs/METHOD.md 4:
   z = 0.5 (0.18215 x - mean) / std per element, mean/std of the dataset); `denormalize` inverts it.
 - `load_codec(data_path)`: images (uint8 NHWC) <-> the tensors a model is trained on; the identity
   codec ([-1, 1] <-> uint8) for a pixel dataset.

@@ -82,7 +82,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_two_readings_of_the_paper():
-    """as_coded = the authors' code (METHOD.md section 4); paper_text = the equations as printed."""
+    """as_coded = the authors' code (docs/METHOD.md section 4); paper_text = the equations as printed."""
     coded = resolve_experiment("slct", LEN, name="s", reading="as_coded")
     text = resolve_experiment("slct", LEN, name="s", reading="paper_text")
     assert (coded.loss.reduction, coded.loss.c, coded.loss.diffusion_variant, coded.loss.diffusion_weight) == (
@@ -104,3 +104,28 @@ def test_two_readings_of_the_paper():
     assert resolve_experiment("ldm_ve", LEN, reading="as_coded").loss.reduction == "sum"
     with pytest.raises(ConfigError, match="reading"):
         resolve_experiment("slct", LEN, reading="literal")
+
+
+def test_every_schema_key_is_documented_in_config_readme():
+    """Each key of config/schema.yaml (top level, datasets, sources, vaes, evaluation, site, figures) is
+    named in config/README.md, in backticks."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((root / "config/schema.yaml").read_text())
+    readme = (root / "config/README.md").read_text()
+    documented = set(re.findall(r"`([a-z_0-9]+)", readme)) | set(re.findall(r"`[a-z_0-9.]+\.([a-z_0-9]+)`", readme))
+
+    def keys(node: dict, where: str):
+        for name, sub in (node.get("properties") or {}).items():
+            yield where + name, name
+            if isinstance(sub, dict):
+                yield from keys(sub, f"{where}{name}.")
+                if isinstance(sub.get("additionalProperties"), dict):
+                    yield from keys(sub["additionalProperties"], f"{where}{name}.<name>.")
+
+    missing = sorted(path for path, name in keys(schema, "") if name not in documented)
+    assert not missing, f"config/README.md does not name: {missing}"

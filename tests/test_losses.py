@@ -1,4 +1,4 @@
-"""Robust distances: gradcheck in float64 and their limits (METHOD.md sections 2-4)."""
+"""Robust distances: gradcheck in float64 and their limits (docs/METHOD.md sections 2-4)."""
 
 import math
 
@@ -33,7 +33,7 @@ def test_per_sample_shape_and_formulas():
 
 
 def test_mean_forms_match_authors_code():
-    # METHOD.md 4: Cauchy = log(mean(r^2)/2 + c^2) - 2 log c; Huber = sqrt(mean(r^2) + c^2) - c.
+    # docs/METHOD.md 4: Cauchy = log(mean(r^2)/2 + c^2) - 2 log c; Huber = sqrt(mean(r^2) + c^2) - c.
     x, y = _xy(b=4)
     m = ((x - y) ** 2).flatten(1).mean(1)
     c = 0.02

@@ -32,7 +32,7 @@ class Counting(nn.Module):
 def test_two_step_sigma():
     s = two_step_sigmas(_cfg())
     assert s[0] == 80.0
-    assert math.isclose(s[1], 0.5285640302978319, rel_tol=1e-6)  # METHOD.md 4: about 0.5286
+    assert math.isclose(s[1], 0.5285640302978319, rel_tol=1e-6)  # docs/METHOD.md 4: about 0.5286
     assert round(s[1], 4) == 0.5286
 
 

@@ -1,4 +1,4 @@
-"""Check values of METHOD.md sections 1-4 for lct.schedules (relative error 1e-6)."""
+"""Check values of docs/METHOD.md sections 1-4 for lct.schedules (relative error 1e-6)."""
 
 import math
 
@@ -18,7 +18,7 @@ def close(a, b, rel=REL):
 def test_karras_11_point_grid():
     expected = [80, 45.31373, 24.40834, 12.38158, 5.838948, 2.515219, 0.9654169, 0.3182833, 0.0850872, 0.01672075, 0.002]
     got = S.karras_sigmas(11).flip(0)
-    # METHOD.md lists 7 significant digits, so compare at the precision printed (<= 5e-7 relative rounding).
+    # docs/METHOD.md lists 7 significant digits, so compare at the precision printed (<= 5e-7 relative rounding).
     assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
     assert got.dtype == torch.float64 and torch.all(S.karras_sigmas(11).diff() > 0)  # ascending
 

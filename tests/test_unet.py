@@ -80,7 +80,7 @@ def test_param_counts_per_norm_tiny():
 
 
 # Trainable parameters of the paper size on 32x32x4, measured from the authors' code (EDM
-# DhariwalUNet with resample_proj off; METHOD.md section 4). IN has a per-channel affine like GN;
+# DhariwalUNet with resample_proj off; docs/METHOD.md section 4). IN has a per-channel affine like GN;
 # NsGN / NsIN drop GN's per-channel scale.
 PAPER_COUNTS = {
     "group": 151_325_956,

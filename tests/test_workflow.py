@@ -106,7 +106,7 @@ def test_paper_config_has_one_experiment_per_distinct_run(overlay, reading):
     assert sum(1 for e in exps.values() if "snapshot_every" in (e.get("overrides") or {}).get("train", {})) == 3
     slct = resolve_workflow_experiment(cfg, "celebahq_slct")
     ilct = resolve_workflow_experiment(cfg, "celebahq_ilct")
-    if reading == "as_coded":  # METHOD.md section 4: what produced the published numbers
+    if reading == "as_coded":  # docs/METHOD.md section 4: what produced the published numbers
         assert (slct.loss.reduction, slct.loss.c, slct.loss.diffusion_variant, slct.loss.diffusion_weight,
                 slct.network.norm) == ("mean", "as_coded", "as_coded", 5.0, "nsln")
         assert (ilct.loss.distance, ilct.loss.reduction, ilct.loss.c, ilct.network.norm) == (

@@ -1,7 +1,7 @@
 """`lct unet-params`: trainable (and total) parameter counts of a UNet size for each norm layer.
 
 Kept out of `lct.nn.unet` so the network module holds only the network. The paper size on
-32x32x4 gives the counts measured from the authors' code (METHOD.md section 4): 151,325,956
+32x32x4 gives the counts measured from the authors' code (docs/METHOD.md section 4): 151,325,956
 trainable with GroupNorm, 165,468,676 with LayerNorm, 158,355,972 with RMSNorm and with NsLN.
 """
 

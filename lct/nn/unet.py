@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from lct.config import NetworkConfig
 
 UNET_SIZES: dict[str, dict[str, Any]] = {
-    # The paper / authors' code (METHOD.md section 4): ~151M parameters with GroupNorm on 32x32x4.
+    # The paper / authors' code (docs/METHOD.md section 4): ~151M parameters with GroupNorm on 32x32x4.
     "paper": dict(model_channels=128, channel_mult=[1, 2, 3, 4], num_blocks=4, attn_resolutions=[16, 8], channels_per_head=64),
     # A GPU-friendly mid size for quick experiments.
     "small": dict(model_channels=64, channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8], channels_per_head=64),

@@ -78,6 +78,9 @@ SlurmctldHost=localhost
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job waits cred_expire + 1 s before it may start again (SLURM's default: 120 s); short
+# here so the requeue drills (scontrol requeue; the controller job's self-requeue) take seconds
+AuthInfo=cred_expire=15
 CredType=cred/munge
 MpiDefault=none
 # no cgroups in containers: no CPU/memory enforcement
