@@ -367,7 +367,7 @@ def test_controller_job_runs_the_workflow_and_requeues_itself_near_its_limit():
     `scancel -b -s TERM`) stops Snakemake and requeues the controller, whose next run finishes the work."""
     name = "slurm-ctl"
     shutil.rmtree(ROOT / "results" / name, ignore_errors=True)
-    target = f"results/{name}/data/mnist/latents/latents.npy"  # three jobs: prepare_data, train_vae, encode
+    target = f"results/{name}/resources/tiny-mnist"  # two jobs: prepare_data, then train_vae
     env = {**os.environ, "SBATCH_ACCOUNT": "lct_ci", "SBATCH_PARTITION": "gpu"}
     env.pop("LCT_SITE_CONFIG", None)
     jobid = subprocess.run(
@@ -402,4 +402,4 @@ def test_controller_job_runs_the_workflow_and_requeues_itself_near_its_limit():
         subprocess.run(["scancel", jobid], capture_output=True, timeout=30)
     print(f"\n  controller drill: {time.monotonic() - t0:.0f} s, job {jobid}")
     assert "stopping Snakemake" in text and "snakemake exited with 0" in text, text[-3000:]
-    assert (ROOT / target).is_file(), text[-3000:]
+    assert (ROOT / target).is_dir(), text[-3000:]
