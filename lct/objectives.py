@@ -29,6 +29,17 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The dropout seed of one rank for one step, from the step's shared draw `seed`: rank 0 keeps it
+    (a one-process run is unchanged), rank r > 0 gets an independent stream of (seed, r). Each rank
+    holds different samples, so each needs its own masks; its online and target passes still share one."""
+    if rank == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> np.uint64(2))
+
+
 @contextlib.contextmanager
 def shared_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block with the global RNG of `device` at `seed`, restoring it afterwards.
@@ -94,8 +105,9 @@ class ConsistencyObjective:
         x_hi = x0 + t_hi_x.view(-1, 1, 1, 1) * noise  # x_{t_{i+1}}
         x_lo = x0 + t_lo_x.view(-1, 1, 1, 1) * noise  # x_{t_i}
 
-        # Online (student) and target (teacher) passes share the dropout mask: same RNG seed.
-        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        # Online (student) and target (teacher) passes share the dropout mask: same RNG seed; each rank
+        # its own masks (its own samples), from (the step's shared draw, rank).
+        dropout_seed = rank_seed(int(torch.randint(0, 2**62, (1,), generator=gen)), rank)
         with shared_rng(dropout_seed, device):
             f_student = net(x_hi, t_hi_x)  # f_theta(x_{t_{i+1}}, t_{i+1})
         with torch.no_grad(), shared_rng(dropout_seed, device):
@@ -251,7 +263,7 @@ class DistillationObjective:
         x_hi = x0 + t_hi_x.view(-1, 1, 1, 1) * noise  # x_{t_{n+k}} ~ N(x0, t_{n+k}^2 I)
         x_lo = self.heun_step(x_hi, t_hi_x, t_lo_x)  # the teacher's ODE step to t_n
 
-        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        dropout_seed = rank_seed(int(torch.randint(0, 2**62, (1,), generator=gen)), rank)  # per rank, both passes
         with shared_rng(dropout_seed, device):
             f_student = net(x_hi, t_hi_x)  # f_theta(x_{t_{n+k}}, t_{n+k})
         with torch.no_grad(), shared_rng(dropout_seed, device):

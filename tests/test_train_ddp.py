@@ -27,7 +27,17 @@ def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+    from lct import objectives as O
     from lct import train as T
+
+    seeds: list[int] = []  # every dropout seed this rank's passes ran under, in order
+    real_rng = O.shared_rng
+
+    def recording_rng(seed, device):
+        seeds.append(int(seed))
+        return real_rng(seed, device)
+
+    O.shared_rng = recording_rng
 
     if nan_step >= 0 and rank == 1:  # a non-finite loss on ONE rank only, at one step
         real = T.make_objective
@@ -42,6 +52,8 @@ def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str
         T.make_objective = make
     model = T.train(T.resolve_config(cfg_path), data, run, device="cpu", quiet=True)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    with open(os.path.join(out, f"seeds{rank}.txt"), "w") as f:
+        f.write(" ".join(map(str, seeds)))
 
 
 def _spawn(world: int, cfg, data, run, out, nan_step: int = -1) -> None:
@@ -98,6 +110,40 @@ def test_two_ranks_at_half_batch_are_the_run_of_one_process(tmp_path):
     moved = max(float((one[k] - init[k]).abs().max()) for k in one)
     diff = max(float((one[k] - two[k]).abs().max()) for k in one)
     assert moved > 0 and diff <= 1e-5 * moved + 1e-7, (diff, moved)
+
+
+@pytest.mark.slow
+def test_dropout_masks_differ_across_ranks_match_within_a_pair_and_resume_exactly(tmp_path):
+    """dropout 0.3 (cifar10_ict's) under 2 gloo ranks: each rank draws its own masks (its own samples),
+    the online and target passes of a rank share one, and a run resumed from a checkpoint ends with the
+    weights of the uninterrupted run."""
+    import shutil
+
+    data = make_dataset(tmp_path, n=32)
+    from lct.config import resolve_experiment, save_experiment
+
+    cfg = tmp_path / "dropout.yaml"
+    save_experiment(resolve_experiment("ilct", {"network": {"size": "tiny", "dropout": 0.3}, "train": {
+        "total_steps": 4, "batch_size": 8, "checkpoint_every": 2, "keep_checkpoints": 3, "log_every": 2}},
+        name="dropout", dataset="mnist8"), cfg)
+    (tmp_path / "a").mkdir()
+    _spawn(2, cfg, data, tmp_path / "run", tmp_path / "a")
+    s0, s1 = ([int(x) for x in (tmp_path / "a" / f"seeds{r}.txt").read_text().split()] for r in (0, 1))
+    assert len(s0) == len(s1) == 8  # 4 steps x (online, target)
+    assert all(s0[k] == s0[k + 1] and s1[k] == s1[k + 1] for k in range(0, 8, 2))  # one mask per pair
+    assert not set(s0) & set(s1)  # never rank 0's masks on rank 1
+    # resume: keep only the step-2 checkpoint, rerun, end where the uninterrupted run ended
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "run", resumed)
+    (resumed / "final.pt").unlink()
+    for ckpt in (resumed / "checkpoints").glob("ckpt-*.pt"):
+        if ckpt.name != "ckpt-00000002.pt":
+            ckpt.unlink()
+    (tmp_path / "b").mkdir()
+    _spawn(2, cfg, data, resumed, tmp_path / "b")
+    assert state_equal(load(resumed / "final.pt")["model"], load(tmp_path / "run" / "final.pt")["model"])
+    s0b = [int(x) for x in (tmp_path / "b" / "seeds0.txt").read_text().split()]
+    assert s0b == s0[4:]  # the resumed steps ran under the same masks
 
 
 @pytest.mark.slow
