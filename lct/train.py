@@ -335,6 +335,10 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             teacher_net = load_teacher(cfg, teacher, shape, dev)
             if cfg.distill.init_from_teacher:  # CM / LCM: the student starts as the teacher's UNet
                 model.unet.load_state_dict(teacher_net.unet.state_dict())
+        # The fast path's memory format first, so the EMA copies (clones keep strides) match the weights'
+        # layout and the EMA's foreach update stays on its fast path under channels_last.
+        fast = fast_path(cfg, dev)
+        configure_fast_path(model, fast, dev)
         ema = EMA(model, t.ema_decays)
         opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
         objective = make_objective(cfg, total, resources, teacher_net)
@@ -372,8 +376,6 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                   f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
                                                         if latest else "starting"), file=sys.stderr, flush=True)
 
-        fast = fast_path(cfg, dev)
-        configure_fast_path(model, fast, dev)
         if teacher_net is not None:
             configure_fast_path(teacher_net, fast, dev)
         if hasattr(objective, "attach"):  # distillation's EMA target theta- (a copy of the online weights)

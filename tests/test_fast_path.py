@@ -58,6 +58,25 @@ def test_channels_last_is_float32_roundoff(reference):
     assert rel_diff(run(tmp, "cl", channels_last=True), ref, init) < 1e-4
 
 
+def test_ema_copies_take_the_weights_memory_format(reference, monkeypatch):
+    """The EMA copies are made after channels_last is set: every shadow has its weight's strides, so the
+    foreach update does not fall back to per-tensor work."""
+    tmp, _, _ = reference
+    seen = []
+
+    class Recording(T.EMA):
+        def __init__(self, model, decays):
+            super().__init__(model, decays)
+            sd = model.state_dict()
+            seen.append([(n, sh.stride() == sd[n].stride(), sd[n].is_contiguous(memory_format=torch.channels_last))
+                         for shadows in self.shadows.values() for n, sh in shadows.items()])
+
+    monkeypatch.setattr(T, "EMA", Recording)
+    run(tmp, "cl_ema", channels_last=True)
+    assert seen and all(same for _, same, _ in seen[0])
+    assert any(cl for n, _, cl in seen[0] if n.endswith("weight"))  # the weights were channels_last
+
+
 def test_bf16_autocast_stays_within_its_tolerance(reference):
     """bf16 keeps 8 bits of mantissa: after 4 steps the weights differ from fp32 by a few percent of
     the distance training moved them, not more."""
