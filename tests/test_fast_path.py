@@ -65,11 +65,13 @@ def test_ema_copies_take_the_weights_memory_format(reference, monkeypatch):
     seen = []
 
     class Recording(T.EMA):
-        def __init__(self, model, decays):
-            super().__init__(model, decays)
-            sd = model.state_dict()
-            seen.append([(n, sh.stride() == sd[n].stride(), sd[n].is_contiguous(memory_format=torch.channels_last))
-                         for shadows in self.shadows.values() for n, sh in shadows.items()])
+        def update(self, model):  # at the first update: the layout the training loop really uses
+            if not seen:
+                sd = model.state_dict()
+                seen.append([(n, sh.stride() == sd[n].stride(), sd[n].dim() == 4 and sd[n].shape[1] > 1 and
+                              sd[n].is_contiguous(memory_format=torch.channels_last) and not sd[n].is_contiguous())
+                             for shadows in self.shadows.values() for n, sh in shadows.items()])
+            super().update(model)
 
     monkeypatch.setattr(T, "EMA", Recording)
     run(tmp, "cl_ema", channels_last=True)
