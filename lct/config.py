@@ -84,6 +84,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile the UNet (online and target passes share it).
     tf32: bool | None = None  # TF32 matmuls / convolutions in the float32 parts.
     channels_last: bool | None = None  # channels_last memory format for the UNet and its inputs.
+    deterministic: bool = False  # Deterministic algorithms (and cuBLAS's workspace setting): bit-identical GPU reruns, slower.
     seed: int = 0  # Seed; per-step streams derive from (seed, rank, step).
     checkpoint_every: int = 2000  # Save a resumable checkpoint every N steps.
     keep_checkpoints: int = 3  # Keep the last N resumable checkpoints.
@@ -246,7 +247,8 @@ def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> E
 # leaves them out of its params, so editing them never plans a retraining (lct.wfrules).
 BOOKKEEPING_KEYS = frozenset({
     "name", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
-    "train.num_workers", "train.compile", "train.max_bad_steps", "train.tf32", "train.channels_last"})
+    "train.num_workers", "train.compile", "train.max_bad_steps", "train.tf32", "train.channels_last",
+    "train.deterministic"})
 
 
 def flat_settings(cfg: "ExperimentConfig | dict[str, Any]", prefix: str = "") -> dict[str, Any]:

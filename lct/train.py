@@ -305,8 +305,15 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
     run_dir = Path(run_dir)
     dinfo = ddist.init(device)
     dev, rank, world = dinfo.device, dinfo.rank, dinfo.world_size
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         t = cfg.train
+        if t.deterministic:  # bit-identical reruns on a GPU too (slower); cuBLAS needs its workspace setting
+            import os
+
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
         if t.batch_size % world:
             raise ConfigError(f"train.batch_size = {t.batch_size} is not divisible by the world size {world}")
         if (run_dir / "final.pt").is_file():
@@ -373,7 +380,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                 print("lct train: curriculum (eq. 10): " + ", ".join(
                     f"N={c['N']} from iteration {c['from_iteration']}" for c in stages), file=sys.stderr)
             print(f"lct train: {cfg.name}: {n} images {shape[1:]}, {total} steps of {t.batch_size} "
-                  f"({world} process(es), {dev}); " + (f"resuming at step {start} from {latest}"
+                  f"({world} process(es), {dev}{', deterministic algorithms' if t.deterministic else ''}); " + (f"resuming at step {start} from {latest}"
                                                         if latest else "starting"), file=sys.stderr, flush=True)
 
         if teacher_net is not None:
@@ -490,6 +497,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         ddist.barrier()
         return model
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         ddist.shutdown()
 
 

@@ -126,3 +126,18 @@ def test_fast_path_defaults_follow_the_device():
                                                       "channels_last": True}
     off = resolve_experiment("slct", {"train": {"total_steps": 4, "precision": "fp32", "compile": False}})
     assert T.fast_path(off, torch.device("cuda"))["precision"] == "fp32"
+
+
+def test_deterministic_turns_on_deterministic_algorithms_for_the_run_only(reference, monkeypatch):
+    tmp, ref, _ = reference
+    seen = []
+    real = T.EMA.update
+
+    def update(self, model):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        real(self, model)
+
+    monkeypatch.setattr(T.EMA, "update", update)
+    got = run(tmp, "det", deterministic=True)
+    assert seen and all(seen) and not torch.are_deterministic_algorithms_enabled()
+    assert all(torch.equal(got[k], ref[k]) for k in ref)  # CPU kernels were deterministic already
