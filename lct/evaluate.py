@@ -210,11 +210,45 @@ def ref_stats_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# What a pickled statistics file may contain: numpy arrays, dtypes and scalars, and plain containers.
+_PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                   ("numpy._core.multiarray", "scalar"), ("builtins", "dict"), ("builtins", "list"),
+                   ("builtins", "tuple"), ("collections", "OrderedDict")}
+
+
+def load_pickled_npy(path: str | Path) -> Any:
+    """An object ``.npy`` (np.save of a dict) read through an allow-list unpickler: numpy arrays and plain
+    containers only, so a crafted file cannot run code (`pickle.UnpicklingError` names what it tried)."""
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in _PICKLE_ALLOWED:
+                raise pickle.UnpicklingError(f"{path}: refusing to load {module}.{name} (a statistics file holds "
+                                             "numpy arrays and plain containers only)")
+            return super().find_class(module, name)
+
+    if not _npy_is_object(Path(path)):
+        return np.load(path, allow_pickle=False)
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        header(f)  # the pickle starts right after the header
+        return Restricted(f, encoding="latin1").load()
+
+
+def _npy_is_object(path: Path) -> bool:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return header(f)[2] == object
+
+
 def load_fid_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of a pytorch-fid statistics file: ``.npz`` with arrays ``mu`` and ``sigma`` (pytorch-fid's
     `save_fid_stats` format), or ``.npy`` holding that pair as a dict (as the authors' repository ships
-    `celebahq_stat.npy`). A ``.npy`` dict needs unpickling: only files whose checksum was verified
-    (`lct fetch-weights --fid-reference`, or a path you trust) should be given."""
+    `celebahq_stat.npy`), unpickled through an allow-list (`load_pickled_npy`): no code runs."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FID reference statistics {path} not found; set evaluation.fid_reference.<dataset> "
@@ -225,7 +259,7 @@ def load_fid_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"{path}: a pytorch-fid statistics file needs arrays 'mu' and 'sigma', has {z.files}")
             mu, sigma = z["mu"], z["sigma"]
     elif path.suffix == ".npy":
-        obj = np.load(path, allow_pickle=True)
+        obj = np.asarray(load_pickled_npy(path), dtype=object)
         if obj.dtype == object and obj.ndim == 0 and isinstance(obj.item(), dict):
             d = obj.item()
             mu, sigma = np.asarray(d["mu"]), np.asarray(d["sigma"])

@@ -253,3 +253,28 @@ def test_fid_equals_cleanfid_legacy_pytorch_on_jpeg_folders(tmp_path, monkeypatc
     np.savez(tmp_path / "bad.npz", m=mu)
     with pytest.raises(ValueError, match="'mu' and 'sigma'"):
         ev.load_fid_reference(tmp_path / "bad.npz")
+
+
+def test_a_pickled_reference_runs_no_code(tmp_path):
+    """The authors' `.npy` statistics are a pickled dict: read through an allow-list, a `__reduce__`
+    payload is refused before anything runs; `allow_pickle=True` appears nowhere in lct/."""
+    import os
+    import pickle
+    from pathlib import Path
+
+    import lct.evaluate as ev
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    arr = np.empty((), dtype=object)
+    arr[()] = {"mu": Payload(), "sigma": np.eye(2)}
+    np.save(tmp_path / "evil.npy", arr, allow_pickle=True)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        ev.load_fid_reference(tmp_path / "evil.npy")
+    assert not marker.exists()
+    root = Path(ev.__file__).parent
+    assert not [f for f in root.rglob("*.py") if "allow_pickle=True" in f.read_text()]
