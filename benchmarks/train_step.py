@@ -3,11 +3,13 @@
     python benchmarks/train_step.py                                  # paper UNet, paper batch, this device
     python benchmarks/train_step.py --size tiny --batch 16 --steps 3 # a CPU check in under a minute
 
-Prints, for the UNet at the given batch on the current device: images/s of the authors' settings
-(fp32, eager, NCHW) and of the fast path (lct.train.fast_path on this device: bf16 autocast around
-the UNet, channels_last, torch.compile, TF32), their ratio, the achieved TFLOP/s from the FLOPs of
-one step counted by torch's FlopCounterMode, the utilisation against the device's dense peak, and
-OT's share of a step at batch 128. The data are Gaussian latents of the training shape (the cost of
+Prints, for the UNet at the given batch on the current device, three rows: the authors' settings
+(fp32, TF32 on as their train_cm_latent.py sets it, eager, NCHW), the paper configuration as it will
+train here (config/config.yaml's precision fp32 with lct.train.fast_path's other switches on this
+device: channels_last, torch.compile, TF32 on a GPU), and the bf16 fast path (GPUs); images/s,
+ratios against the authors' row, the achieved TFLOP/s from the FLOPs of one step counted by torch's
+FlopCounterMode, the utilisation against the device's dense peak, and OT's share of a step at batch
+128 and 256. The data are Gaussian latents of the training shape (the cost of
 a step does not depend on the values). One process, one device: run it on the cluster's GPU.
 """
 
@@ -110,12 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    authors = {"precision": "fp32", "compile": False, "tf32": False, "channels_last": False}
-    cfg = resolve_experiment("slct", {"train": {"total_steps": 1}})
-    fast = fast_path(cfg, device)
+    # The authors' train_cm_latent.py: fp32, eager, NCHW, and TF32 on (it sets both allow_tf32 flags).
+    authors = {"precision": "fp32", "compile": False, "tf32": True, "channels_last": False}
+    paper_cfg = resolve_experiment("slct", {"train": {"total_steps": 1, "precision": "fp32"}})  # config/config.yaml's
+    paper = fast_path(paper_cfg, device)  # the paper configuration as it will train here
+    fast = {**paper, "precision": "bf16"} if device.type == "cuda" else paper  # the bf16 fast path (GPUs)
     flops = count_flops(a.size, a.batch, a.resolution, a.channels, device)
     rows = {}
-    for name, switches in (("authors (fp32, eager, NCHW)", authors), (f"fast path {fast}", fast)):
+    for name, switches in (("authors (fp32, TF32, eager, NCHW)", authors),
+                           (f"paper config as it trains {paper}", paper), (f"bf16 fast path {fast}", fast)):
         step, n_params = make_step(a.size, a.batch, a.resolution, a.channels, device, switches)
         s, ot = timed(step, a.steps, a.warmup, device)
         label, peak = device_peak(device, switches["precision"], switches["tf32"])
@@ -123,21 +128,26 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {"images_per_s": a.batch / s, "s_per_step": s, "tflops": tflops,
                       "utilisation": tflops / peak if peak else None, "peak": label, "ot_s_per_step": ot}
         util = f"{100 * tflops / peak:5.1f}% of {label}" if peak else label
-        print(f"{name:60s} {a.batch / s:9.1f} img/s  {s * 1e3:8.1f} ms/step  {tflops:7.2f} TFLOP/s  {util}", flush=True)
-    (na, ra), (nf, rf) = rows.items()
+        ratio = a.batch / s / next(iter(rows.values()))["images_per_s"]
+        print(f"{name:70s} {a.batch / s:9.1f} img/s  {s * 1e3:8.1f} ms/step  {tflops:7.2f} TFLOP/s  "
+              f"x{ratio:.2f} of authors  {util}", flush=True)
+    ra, rf = next(iter(rows.values())), list(rows.values())[-1]
     print(f"UNet {a.size!r} ({n_params / 1e6:.1f}M params) on {a.channels}x{a.resolution}x{a.resolution}, batch "
-          f"{a.batch}, {device}: {flops / a.batch / 1e9:.1f} GFLOP per image per step; fast/authors = "
-          f"{rf['images_per_s'] / ra['images_per_s']:.2f}x")
-    # OT's share of a step at batch 128 (its cost depends on the batch size only)
-    step, _ = make_step(a.size if a.batch >= 128 else "tiny", 128, a.resolution, a.channels, device, fast)
-    s128, ot128 = timed(step, max(2, a.steps // 2), 1, device)
-    print(f"OT at batch 128: {ot128 * 1e3:.1f} ms of a {s128 * 1e3:.1f} ms step "
-          f"({'paper' if a.batch >= 128 else 'tiny'} UNet): {100 * ot128 / s128:.2f}%")
+          f"{a.batch}, {device}: {flops / a.batch / 1e9:.1f} GFLOP per image per step")
+    # OT's share of a step at batch 128 and 256 (the paper's and LSUN's; its cost depends on the batch only)
+    ot_rows = {}
+    for b in (128, 256):
+        step, _ = make_step(a.size if a.batch >= 128 else "tiny", b, a.resolution, a.channels, device, paper)
+        sb, otb = timed(step, max(2, a.steps // 2), 1, device)
+        ot_rows[b] = {"s_per_step": sb, "ot_s_per_step": otb}
+        print(f"OT at batch {b}: {otb * 1e3:.1f} ms of a {sb * 1e3:.1f} ms step "
+              f"({'paper' if a.batch >= 128 else 'tiny'} UNet): {100 * otb / sb:.2f}%")
+    s128, ot128 = ot_rows[128]["s_per_step"], ot_rows[128]["ot_s_per_step"]
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": str(device), "size": a.size, "batch": a.batch, "flops_per_step": flops,
                        "rows": rows, "ratio": rf["images_per_s"] / ra["images_per_s"],
-                       "ot_at_128": {"s_per_step": s128, "ot_s_per_step": ot128}}, f, indent=1)
+                       "ot_at_128": {"s_per_step": s128, "ot_s_per_step": ot128}, "ot": ot_rows}, f, indent=1)
     return 0
 
 

@@ -240,6 +240,14 @@ def test_tiny_run_killed_midway_resumes_without_redoing_completed_jobs(tmp_path)
                                                    out / "data/mnist/latents/norm.npz"]}
     # 2. Rerun: the stale lock of the killed run is removed, incomplete jobs are redone.
     assert snakemake(_mini_args(cfg) + ["--unlock"], cwd=tmp_path).returncode == 0
+    # (the report of the partial run: what exists, and its front page lists what is missing)
+    r = snakemake(_mini_args(cfg) + ["--report", str(tmp_path / "partial.zip")], cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    import zipfile
+
+    front = "".join(zipfile.ZipFile(tmp_path / "partial.zip").read(n).decode("utf-8", "replace")
+                    for n in zipfile.ZipFile(tmp_path / "partial.zip").namelist() if n.endswith("report.html"))
+    assert "What this run has so far" in front and "table1a.csv" in front, front[:2000]
     r = snakemake(_mini_args(cfg) + ["--rerun-incomplete", "all"], cwd=tmp_path, timeout=420)
     assert r.returncode == 0, first_log.read_text()[-2000:] + "\n----\n" + r.stdout[-4000:]
     assert killed, "the first run finished before it could be killed"
