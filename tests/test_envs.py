@@ -183,3 +183,9 @@ def test_readme_conda_command_parses_with_the_target_as_a_target():
     assert m, "README documents the per-rule conda route"
     args = get_argument_parser().parse_args(m.group(1).split()[1:])
     assert args.targets == ["all_tables"] and [str(x).lower() for x in args.software_deployment_method] == ["conda"]
+
+
+def test_every_rule_command_starts_lct_once():
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        text = smk.read_text()
+        assert "python -m python" not in text and "lct lct" not in text, smk.name

@@ -60,7 +60,7 @@ rule evaluate_snapshots:
         "(set -e; tmp={output}.tmp; mkdir -p $tmp; "
         "for ckpt in {params.run_dir}/snapshots/ema-*.pt; do "
         "[ -e $ckpt ] || {{ echo 'no snapshots in {params.run_dir}/snapshots: set train.snapshot_every' >&2; exit 1; }}; "
-        "python -m python -m lct evaluate --checkpoint $ckpt --data {params.data} --experiment {wildcards.experiment} "
+        "python -m lct evaluate --checkpoint $ckpt --data {params.data} --experiment {wildcards.experiment} "
         "--ref {input.ref} {params.args} --out $tmp/$(basename $ckpt .pt).json; done; "
         "mv $tmp {output}) > {log} 2>&1"
 
