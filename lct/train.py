@@ -93,7 +93,7 @@ def apply_sets(d: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 def run_settings_sets(path: str | Path | None) -> list[str]:
     """`--run-settings configs/<e>.run.yaml` (the workflow's bookkeeping: cadence, workers) as --set items;
     only lct.config.BOOKKEEPING_KEYS may appear there."""
-    if not path:
+    if not path or not Path(path).is_file():  # not written yet (lct train run by hand): the config's own
         return []
     import json
 

@@ -194,8 +194,9 @@ def write_experiment(resolved_json: str, path: str | Path, log: str | Path | Non
 
     keys = ", ".join(sorted(k for k in BOOKKEEPING_KEYS if k != "name"))
     save_experiment(ExperimentConfig.from_dict(json.loads(resolved_json)), path,
-                    note=f"Bookkeeping ({keys}) may be newer in {Path(path).stem}.run.yaml beside this file: the\n"
-                         "workflow passes it as `lct train --run-settings`, and editing it never retrains.")
+                    note=f"Bookkeeping ({keys}) may be newer in {Path(path).stem}.run.yaml beside this file, which\n"
+                         "the workflow writes when it starts and passes as `lct train --run-settings`; editing it "
+                         "never retrains.")
     if log:
         Path(log).write_text(f"wrote {path}\n")
 

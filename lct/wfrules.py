@@ -156,11 +156,9 @@ class Rules:
 
     def metric_inputs(self) -> list[str]:
         """What feature extraction needs: the fetched weights (paper) or the demo classifier."""
-        from snakemake.io import ancient  # refetching weights (e.g. one more file) rescores nothing
-
         if self.ev["feature"] == "digit_classifier":
             return [self.classifier_path()]
-        return [ancient(self.fetch_marker())] if self.needs_fetch() else []
+        return [self.fetch_marker()] if self.needs_fetch() else []
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -204,10 +202,8 @@ class Rules:
         if vae is None:
             _fail(f"datasets.{wildcards.dataset} has vae: null, so it has no latents")
         pretrained = self.config["vaes"][vae]["kind"] == "pretrained"  # fetch_weights writes resources_dir/<repo>
-        from snakemake.io import ancient  # refetching weights re-encodes nothing (that would retrain all)
-
         return {"images": self.images_path(wildcards.dataset),
-                "vae": ancient(self.fetch_marker()) if pretrained else self.vae_dir(vae)}  # else trained by rule train_vae
+                "vae": self.fetch_marker() if pretrained else self.vae_dir(vae)}  # else trained by rule train_vae
 
     def _trained_vae(self, wildcards) -> dict[str, Any]:
         v = self.config["vaes"].get(wildcards.vae)
@@ -258,23 +254,43 @@ class Rules:
 
         return {"s_" + re.sub(r"\W", "_", k): param(k) for k in keys}
 
-    def run_settings_json(self, wildcards) -> str:
-        """The run_settings rule's params: the bookkeeping keys of one experiment (dotted), canonical JSON."""
-        flat = flat_settings(self.experiments[wildcards.experiment])
-        return json.dumps({k: flat[k] for k in sorted(BOOKKEEPING_KEYS) if k in flat and k != "name"}, sort_keys=True)
+    def run_settings(self, experiment: str) -> dict[str, Any]:
+        """The bookkeeping keys of one experiment (dotted): what `lct train --run-settings` reads."""
+        flat = flat_settings(self.experiments[experiment])
+        return {k: flat[k] for k in sorted(BOOKKEEPING_KEYS) if k in flat and k != "name"}
+
+    def run_settings_path(self, wildcards) -> str:
+        return f"{self.results}/configs/{wildcards.experiment}.run.yaml"
+
+    def write_run_settings(self) -> list[str]:
+        """onstart: (re)write configs/<e>.run.yaml of every experiment whose bookkeeping differs from the
+        file (temporary name, then rename). Not a rule on purpose: a rule's output would be an input of
+        training, and any rerun of it would plan the retraining it exists to avoid. Returns what changed."""
+        import yaml
+
+        changed = []
+        for e in self.experiments:
+            path = Path(self.run_settings_path(type("W", (), {"experiment": e})))
+            text = yaml.safe_dump(self.run_settings(e), sort_keys=True)
+            if path.is_file() and path.read_text() == text:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+            changed.append(str(path))
+        return changed
 
     def train_inputs(self, wildcards) -> dict[str, Any]:
-        """The weight settings (configs/<e>.yaml, rewritten only when one changes) and the bookkeeping
-        (configs/<e>.run.yaml, `ancient`: rewriting it never retrains); the fetched-weights marker is
-        `ancient` too (refetching weights retrains nothing)."""
-        from snakemake.io import ancient
-
+        """The weight settings (configs/<e>.yaml, rewritten only when one changes) and the data; not the
+        bookkeeping (configs/<e>.run.yaml, written when the workflow starts, read by path). No input is
+        `ancient`: Snakemake 9 never re-examines the dependants of a rerun job that hang on it through an
+        `ancient` input, so they would be skipped silently, missing outputs and all."""
         e = wildcards.experiment
         inputs: dict[str, Any] = {"config": self.experiment_config_path(e),
-                                  "run": ancient(f"{self.results}/configs/{e}.run.yaml"),
                                   "data": self.training_data_file(self.dataset_of(e))}
         if self.experiments[e].loss.distance == "elatentlpips" and self.needs_fetch():
-            inputs["weights"] = ancient(self.fetch_marker())
+            inputs["weights"] = self.fetch_marker()
         teacher = self.config["experiments"][e].get("teacher")
         if teacher:  # consistency distillation: the teacher run trains first
             inputs["teacher"] = self.final_path(teacher)

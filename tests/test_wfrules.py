@@ -88,7 +88,7 @@ def test_training_params_are_the_weight_settings_one_per_key(paper):
     cfg["experiments"]["celebahq_slct"]["overrides"]["train"]["lr"] = 2e-4
     changed = {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).settings_params().values()} - values
     assert changed == {"train.lr=0.0002"}
-    run = json.loads(Rules(cfg).run_settings_json(w(experiment="celebahq_slct")))
+    run = Rules(cfg).run_settings("celebahq_slct")
     assert run["train.checkpoint_every"] == 7 and run["train.log_every"] == 3 and "train.lr" not in run
 
 

@@ -15,25 +15,13 @@ rule experiment_config:
         write_experiment(R.experiment_json(wildcards), output[0], log[0])
 
 
-# Its bookkeeping (checkpoint / log / snapshot cadence, workers, the non-finite guard, compile / TF32 /
-# channels_last), read by `lct train --run-settings` over the config: an `ancient` input of training,
-# so editing it takes effect at the next start or resume and never plans a retraining.
-rule run_settings:
-    output:
-        f"{RESULTS}/configs/{{experiment}}.run.yaml",
-    log:
-        f"{RESULTS}/logs/run_settings/{{experiment}}.log",
-    params:
-        content=R.run_settings_json,
-    run:
-        write_yaml(params.content, output[0], log[0])
-
-
 # Only final.pt is declared: checkpoints/ stay undeclared so a failed or preempted job never loses
 # them, and rerunning the same command resumes. Several GPUs: `lct train --gpus N` starts torchrun
-# inside the one job. Only a rewritten configs/<e>.yaml (a weight setting changed) retrains: the
-# bookkeeping file and the weights marker are `ancient`, and no path is a param, so bookkeeping edits,
-# moved data or a moved clone plan no retraining. When a weight setting changed, `lct train
+# inside the one job. Only a rewritten configs/<e>.yaml (a weight setting changed) retrains. The
+# bookkeeping (checkpoint / log / snapshot cadence, workers, ...) is no input: the workflow writes
+# configs/<e>.run.yaml when it starts (onstart, lct.wfrules.Rules.write_run_settings) and `lct train
+# --run-settings` reads it, so bookkeeping edits, moved data or a moved clone plan no retraining (no
+# path but that constant one is a param). When a weight setting changed, `lct train
 # --on-config-change supersede` moves the old state aside (runs/<e>/superseded-<time>/) and starts afresh.
 # A distillation (experiments.<e>.teacher) also reads the teacher's final.pt; a retrained teacher changes
 # distill.teacher_sha256, which lct train treats as a changed setting. Runtime per attempt and retries
@@ -53,9 +41,10 @@ rule train:
         gpu=0,  # the workflow profile sets the paper's 4; a site profile's --resources gpu caps it
         runtime=R.train_runtime,
     params:
+        run_settings=R.run_settings_path,
         extra=R.train_extra_flags,
     shell:
-        "python -m lct train --config {input.config} --run-settings {input.run} --data $(dirname {input.data}) --run-dir $(dirname {output}) "
+        "python -m lct train --config {input.config} --run-settings {params.run_settings} --data $(dirname {input.data}) --run-dir $(dirname {output}) "
         "{params.extra} --gpus {resources.gpu} --on-config-change supersede --quiet >> {log} 2>&1"
 
 
