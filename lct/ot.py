@@ -20,10 +20,12 @@ def ot_pair(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     if x0.shape[0] != noise.shape[0]:
         raise ValueError(f"ot_pair: batch sizes differ ({x0.shape[0]} data vs {noise.shape[0]} noise)")
     b = x0.shape[0]
-    a = x0.detach().flatten(1).double().cpu()
-    z = noise.detach().flatten(1).double().cpu()
-    cost = torch.cdist(a, z).square().numpy()  # M_jk = ||x0_j - z_k||^2
-    cost = cost / max(cost.max(), 1e-300)
+    # The cost on the batch's device (float64), normalized there: one B x B copy to the host for the
+    # solver instead of the two B x d batches (at B = 256 on 32x32x4 latents: 0.5 MB instead of 16 MB).
+    a = x0.detach().flatten(1).double()
+    z = noise.detach().flatten(1).double()
+    cost_t = torch.cdist(a, z).square()  # M_jk = ||x0_j - z_k||^2
+    cost = (cost_t / cost_t.max().clamp_min(1e-300)).cpu().numpy()
     w = np.full(b, 1.0 / b)
     plan = ot.emd(w, w, cost)
     perm = plan.argmax(axis=1)

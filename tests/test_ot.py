@@ -36,3 +36,15 @@ def test_ot_pair_recovers_shuffled_pairs():
 def test_ot_pair_batch_mismatch():
     with pytest.raises(ValueError, match="batch sizes"):
         ot_pair(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def test_ot_pair_is_pots_emd_plan_on_the_same_cost():
+    """The permutation read from the plan equals POT's `ot.emd` plan on the normalized squared-L2 cost."""
+    import numpy as np
+    import ot
+
+    g = torch.Generator().manual_seed(3)
+    x0, z = torch.randn(64, 4, 8, 8, generator=g), torch.randn(64, 4, 8, 8, generator=g)
+    cost = torch.cdist(x0.flatten(1).double(), z.flatten(1).double()).square().numpy()
+    plan = ot.emd(np.full(64, 1 / 64), np.full(64, 1 / 64), cost / cost.max())
+    assert (ot_pair(x0, z).numpy() == plan.argmax(axis=1)).all()
