@@ -164,10 +164,14 @@ def test_cd_resumes_bit_exactly_after_sigkill(teacher_and_student):
     assert teacher_sha == sha256_file(teacher)
 
 
-def test_cd_student_starts_as_the_teacher(teacher_and_student, tmp_path):
-    """Zero steps of CD: the student's UNet equals the teacher's first-EMA UNet (CM's initialisation)."""
+def test_cd_student_starts_as_the_teacher(teacher_and_student, tmp_path, monkeypatch):
+    """A step that moves nothing (an optimizer at lr 0; the config refuses lr 0 itself): the student's
+    UNet equals the teacher's first-EMA UNet (CM's initialisation)."""
+    import torch
+
     root, data, teacher, _ = teacher_and_student
-    scfg = make_experiment(tmp_path, preset="cd", name="student0", total_steps=1, lr=0.0, weight_decay=0.0)
+    monkeypatch.setattr(T, "make_optimizer", lambda cfg, params: torch.optim.SGD(params, lr=0.0))
+    scfg = make_experiment(tmp_path, preset="cd", name="student0", total_steps=1, weight_decay=0.0)
     model = T.train(T.resolve_config(scfg), data, tmp_path / "run", device="cpu", quiet=True, teacher=teacher)
     t_unet = {k: v for k, v in load(teacher)["ema"]["0.9"].items() if k.startswith("unet.")}
     s_unet = {k: v for k, v in model.state_dict().items() if k.startswith("unet.")}
