@@ -354,9 +354,10 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         log = JsonlLog(run_dir / "log.jsonl")
 
         start, bad_total, bad_run = 0, 0, 0
-        latest, state = ckio.latest_checkpoint(run_dir), None
+        # The newest checkpoint that loads; damaged ones are moved aside (by rank 0) and named in the log.
+        latest, state = ckio.load_latest(run_dir, move_damaged=dinfo.is_main,
+                                         say=lambda m: print(m, file=sys.stderr, flush=True))
         if latest is not None:
-            state = ckio.load(latest)
             diff = _config_diff(state["config"], cfg.to_dict())
             if diff:
                 raise ConfigError(f"{latest} was trained with a different config ({'; '.join(diff)}); "
