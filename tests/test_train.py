@@ -268,3 +268,29 @@ def test_lct_train_itself_refuses_what_the_workflow_would(tmp_path, capsys, sett
     assert T.main(argv) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "run" / "final.pt").exists()
+
+
+def test_one_writer_per_run_directory(tmp_path, capsys):
+    """A second `lct train` on a run directory another one holds is refused at once (exit 5), naming the
+    holder's host, PID and SLURM job; once the holder is gone the same command trains."""
+    import fcntl
+    import os
+
+    from lct import train as T
+
+    data = make_dataset(tmp_path, n=16)
+    cfg = make_experiment(tmp_path, total_steps=2, checkpoint_every=100, log_every=1)
+    run = tmp_path / "run"
+    fd = T.lock_run_dir(run)  # this process plays the first writer
+    assert fd is not None and f"pid {os.getpid()}" in (run / ".lock").read_text()
+    argv = ["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--quiet"]
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "lct", "train", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == T.EXIT_BUSY and f"pid {os.getpid()}" in r.stderr and "scancel" in r.stderr, r.stderr
+    assert not (run / "final.pt").exists()
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    assert T.main(argv) == 0 and (run / "final.pt").is_file()
+    assert T.main(argv) == 0  # in-process twice: the first call released its lock
