@@ -67,6 +67,28 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu",
+                move_damaged: bool = True, say=print) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest resumable checkpoint that loads, and its state; (None, None) when there is none.
+
+    A checkpoint that fails to load (truncated, garbage, not a checkpoint) is moved aside to
+    ``checkpoints/damaged-<name>`` (never deleted; `move_damaged`: only rank 0 moves) and named through
+    `say`; the next older one is tried, so a damaged newest file costs the steps since the previous one."""
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = load(path, map_location)
+            if not isinstance(state, dict) or not {"model", "step", "config"} <= set(state):
+                raise RuntimeError(f"{path} is not a resumable checkpoint (keys {sorted(state)[:8]})")
+            return path, state
+        except (RuntimeError, FileNotFoundError, OSError) as e:
+            where = path.with_name(f"damaged-{path.name}")
+            if move_damaged and path.exists():
+                path.replace(where)
+            say(f"lct train: checkpoint {path} cannot be loaded ({str(e).splitlines()[0][:200]}); "
+                f"moved to {where}; trying the previous one")
+    return None, None
+
+
 def prune(run_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (and stale temporaries)."""
     found = list_checkpoints(run_dir)

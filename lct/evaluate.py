@@ -145,7 +145,7 @@ def _atomic_savez(path: Path, **arrays: Any) -> None:
 def _atomic_json(path: Path, obj: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
 
 
@@ -271,6 +271,23 @@ def load_fid_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if sigma.shape != (mu.size, mu.size):
         raise ValueError(f"{path}: sigma has shape {sigma.shape}, expected ({mu.size}, {mu.size})")
     return mu, sigma
+
+
+def check_reference(ref: dict[str, Any], modes: list[str], source: str | Path) -> None:
+    """Before any sample is drawn: every statistic the evaluation uses is finite and of matching shape."""
+    for mode in modes:
+        mu, sigma = ref.get(f"mu_{mode}"), ref.get(f"sigma_{mode}")
+        if mu is None or sigma is None:
+            raise SystemExit(f"lct evaluate: {source} has no statistics for mode {mode!r}")
+        mu, sigma = np.asarray(mu), np.asarray(sigma)
+        if sigma.shape != (mu.size, mu.size):
+            raise SystemExit(f"lct evaluate: {source}: sigma_{mode} has shape {sigma.shape}, mu_{mode} {mu.shape}")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise SystemExit(f"lct evaluate: {source}: mu_{mode} / sigma_{mode} hold non-finite values; rebuild the "
+                             "reference statistics (`lct ref-stats`, or fetch the file again)")
+    feats = ref.get("recall_feats")
+    if feats is not None and not np.isfinite(np.asarray(feats, np.float32)).all():
+        raise SystemExit(f"lct evaluate: {source}: recall_feats hold non-finite values; rebuild them (`lct ref-stats`)")
 
 
 def load_ref(path: str | Path) -> dict[str, Any]:
@@ -413,10 +430,15 @@ def main(argv: list[str] | None = None) -> int:
                              "add legacy_pytorch to --fid-modes")
         ref["mu_legacy_pytorch"], ref["sigma_legacy_pytorch"] = load_fid_reference(a.fid_reference)
         fid_reference = {"legacy_pytorch": {"file": str(a.fid_reference), "sha256": sha256_file(a.fid_reference)}}
+    check_reference(ref, modes, a.fid_reference or a.ref)
     extractors, fd, rec = build_suite(a.feature, modes, a.resources, device, str(ref["recall_feature"]))
     model, cfg, info = load_checkpoint_model(a.checkpoint, ema=a.ema, device=device)
     codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size,
                        decode_precision=a.decode_precision)
+    trained = list((info.get("data") or {}).get("shape") or [])[1:] if isinstance(info, dict) else []
+    if trained and list(codec.latent_shape) != trained:  # before a single sample is drawn
+        raise SystemExit(f"lct evaluate: {a.checkpoint} was trained on data of shape {trained} but --data {a.data} "
+                         f"decodes samples of shape {list(codec.latent_shape)}; give the dataset it was trained on")
     ckpt_sha = sha256_file(a.checkpoint)
     seeds = list(range(a.seed_offset, a.seed_offset + a.num_samples))
 
@@ -460,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 "image_format": ref.get("image_format")} for m in res["fid"]},
         "wall_time_s": round(time.time() - t0, 2), "timing": res["timing"],
     }
+    bad = {k: v for k, v in [*((f"fid.{m}", v) for m, v in res["fid"].items()), ("precision", res["precision"]),
+                             ("recall", res["recall"])] if v is None or not np.isfinite(v)}
+    if bad:  # never a NaN in a table: the run stops naming what produced it, and writes nothing
+        raise SystemExit(f"lct evaluate: non-finite metrics {bad} from checkpoint {a.checkpoint} against reference "
+                         f"{a.fid_reference or a.ref}; check both (a diverged model, or damaged statistics)")
     _atomic_json(out, report)
     if not a.keep_shards:
         shutil.rmtree(cache_dir, ignore_errors=True)

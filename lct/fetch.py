@@ -17,7 +17,11 @@ Layout under the resources folder (``resources/MANIFEST.json`` lists sha256 and 
 - ``elatentlpips/ckpt/``: E-LatentLPIPS (sd15) weights; the `elatentlpips` package reads them from
   ``./ckpt`` relative to the working directory, so construct it with cwd ``<resources>/elatentlpips``.
 
-Files without a published checksum are trusted on first download and pinned by MANIFEST.json.
+Files without a published checksum are trusted on first download and pinned by MANIFEST.json; a
+pin never changes by itself: a file that fails its pin is moved aside (``<name>.bad-<time>``) and
+downloaded again, and a download that still differs from the pin is refused unless ``--repin``.
+`require` verifies the full sha256 of every file of an asset on every use (cached by path, size,
+mtime and inode in ``<resources>/.verified.json``, so a job pays the hash once per file version).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lct.download import download, file_digest
+from lct.download import DownloadError, download, file_digest, verify as verify_file
 
 # name -> where it goes (relative to the resources dir), where it comes from, and a known sha256 (prefix).
 ASSETS: dict[str, dict[str, Any]] = {
@@ -108,12 +112,38 @@ def record(resources: str | Path, name: str, rel_paths: list[str], source: str, 
     _save_manifest(resources, m)
 
 
-def require(resources_dir: str | Path, name: str, verify: bool = False) -> Path:
-    """Local path of a pretrained asset (`ASSETS` key, a repo folder such as ``sd-vae-ft-ema``, or a path
-    relative to the resources dir). Missing -> `MissingResource` naming `snakemake fetch_weights`.
+VERIFIED = ".verified.json"  # (path, size, mtime_ns, inode) -> sha256 already computed
 
-    Sizes are always compared with MANIFEST.json; `verify=True` also recomputes each sha256.
-    """
+
+def _digest_cached(resources: Path, rel: str) -> str:
+    """sha256 of resources/rel, from the cache when the file's size, mtime and inode are unchanged."""
+    f = resources / rel
+    st = f.stat()
+    key = f"{rel}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    cache_file = resources / VERIFIED
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = file_digest(f, "sha256")
+    cache = {k: v for k, v in cache.items() if not k.startswith(rel + "|")}
+    cache[key] = digest
+    try:  # a unique temporary name: several jobs may verify at once; a read-only folder just skips the cache
+        tmp = resources / f"{VERIFIED}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(cache, sort_keys=True))
+        tmp.replace(cache_file)
+    except OSError:
+        pass
+    return digest
+
+
+def require(resources_dir: str | Path, name: str) -> Path:
+    """Local path of a pretrained asset (`ASSETS` key, a repo folder such as ``sd-vae-ft-ema``, or a path
+    relative to the resources dir), every file of it verified against MANIFEST.json (size and full
+    sha256, cached per file version). Missing, unlisted or altered -> `MissingResource` naming
+    `snakemake fetch_weights`."""
     resources = Path(resources_dir)
     m = _load_manifest(resources)
     rel = ASSETS[name]["path"] if name in ASSETS else m["assets"].get(name, name)
@@ -121,13 +151,16 @@ def require(resources_dir: str | Path, name: str, verify: bool = False) -> Path:
     if not p.exists() or (p.is_dir() and not any(p.iterdir())):
         raise MissingResource(f"pretrained file {p} ({name}) is missing; {_hint(resources)}")
     listed = {k: v for k, v in m["files"].items() if k == rel or k.startswith(rel.rstrip("/") + "/")}
+    if not listed:
+        raise MissingResource(f"{p} ({name}) is not listed in {resources / MANIFEST}, so it cannot be verified; "
+                              f"{_hint(resources)}")
     if any(v.get("random") for v in listed.values()) and os.environ.get(ALLOW_RANDOM) != "1":
         raise MissingResource(f"{p} ({name}) holds RANDOM weights written by `lct fetch-weights "
                               f"--random-weights-for-tests`; only the smoke test may use them ({ALLOW_RANDOM}=1). "
                               f"Remove {resources} and {_hint(resources)}")
     for k, v in listed.items():
         f = resources / k
-        if not f.is_file() or f.stat().st_size != v["size"] or (verify and file_digest(f, "sha256") != v["sha256"]):
+        if not f.is_file() or f.stat().st_size != v["size"] or _digest_cached(resources, k) != v["sha256"]:
             raise MissingResource(f"{f} does not match {resources / MANIFEST} (missing, truncated or altered); "
                                   f"{_hint(resources)}")
     return p
@@ -159,10 +192,32 @@ def verify_manifest(resources_dir: str | Path) -> list[str]:
     return problems
 
 
-def fetch_asset(resources: Path, name: str) -> Path:
+def _move_aside(path: Path) -> Path:
+    bad = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(bad)
+    print(f"fetch-weights: {path} fails its pin; moved to {bad}, downloading again", file=sys.stderr)
+    return bad
+
+
+def fetch_asset(resources: Path, name: str, repin: bool = False) -> Path:
+    """One asset, verified against its published checksum or, lacking one, its MANIFEST.json pin (trust on
+    first download only). A file failing the pin is moved aside and fetched again; a fresh download that
+    still differs from the pin is refused (the publisher's file changed) unless `repin`."""
     a = ASSETS[name]
     dest = resources / a["path"]
-    download(a["url"], dest, sha256=a["sha256"], trust_on_first_use=a["sha256"] is None)
+    pin = (_load_manifest(resources)["files"].get(a["path"]) or {}).get("sha256")
+    if dest.exists() and verify_file(dest, a["sha256"] or pin) is not None:
+        _move_aside(dest)
+    if dest.exists() or a["sha256"]:
+        download(a["url"], dest, sha256=a["sha256"] or pin)
+    else:
+        download(a["url"], dest, trust_on_first_use=True)
+        got = file_digest(dest, "sha256")
+        if pin and got != pin and not repin:
+            bad = _move_aside(dest)
+            raise DownloadError(f"{a['url']}: the download's sha256 {got} differs from the pin {pin} in "
+                                f"{resources / MANIFEST} (kept as {bad}); the publisher's file changed. Check it, then "
+                                f"`lct fetch-weights --repin ...` to pin the new one")
     record(resources, name, [a["path"]], a["url"])
     return dest
 
@@ -184,12 +239,25 @@ def fetch_fid_reference(resources: Path, dataset: str, url: str, sha256: str) ->
     return resources / rel
 
 
-def fetch_vae(resources: Path, repo: str) -> Path:
-    """`repo` (e.g. stabilityai/sd-vae-ft-ema) into ``resources/<last part of repo>`` via snapshot_download."""
+def fetch_vae(resources: Path, repo: str, repin: bool = False) -> Path:
+    """`repo` (e.g. stabilityai/sd-vae-ft-ema) into ``resources/<last part of repo>`` via snapshot_download;
+    files failing their MANIFEST.json pins are moved aside first, and a download differing from a pin is
+    refused unless `repin` (as `fetch_asset`)."""
     from huggingface_hub import snapshot_download
 
     folder = repo.split("/")[-1]
+    pins = {f: (_load_manifest(resources)["files"].get(f"{folder}/{f}") or {}).get("sha256") for f in VAE_FILES}
+    for f, pin in pins.items():
+        path = resources / folder / f
+        if path.exists() and pin and file_digest(path, "sha256") != pin:
+            _move_aside(path)
     snapshot_download(repo_id=repo, local_dir=str(resources / folder), allow_patterns=VAE_FILES)
+    for f, pin in pins.items():
+        got = file_digest(resources / folder / f, "sha256")
+        if pin and got != pin and not repin:
+            bad = _move_aside(resources / folder / f)
+            raise DownloadError(f"{repo}/{f}: sha256 {got} differs from the pin {pin} in {resources / MANIFEST} "
+                                f"(kept as {bad}); check it, then `lct fetch-weights --repin ...`")
     record(resources, folder, [f"{folder}/{f}" for f in VAE_FILES], f"huggingface.co/{repo}")
     return resources / folder
 
@@ -209,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                          "random in MANIFEST.json and refused unless LCT_ALLOW_RANDOM_WEIGHTS=1")
     ap.add_argument("--elatentlpips", action="store_true", help="E-LatentLPIPS sd15 weights")
     ap.add_argument("--verify", action="store_true", help="only check every file against MANIFEST.json")
+    ap.add_argument("--repin", action="store_true",
+                    help="accept a download whose sha256 differs from its MANIFEST.json pin (a changed publisher file)")
     a = ap.parse_args(argv)
     resources = Path(a.out)
     resources.mkdir(parents=True, exist_ok=True)
@@ -226,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         + (["vgg16"] if a.vgg16_torchvision else []) + (["elatentlpips_vgg", "elatentlpips_head"] if a.elatentlpips else [])
     try:
         if a.vae:
-            print(f"fetch-weights: {fetch_vae(resources, a.vae)}")
+            print(f"fetch-weights: {fetch_vae(resources, a.vae, repin=a.repin)}")
         for n in names:
-            print(f"fetch-weights: {fetch_asset(resources, n)}")
+            print(f"fetch-weights: {fetch_asset(resources, n, repin=a.repin)}")
         for dataset, url, sha in a.fid_reference:
             print(f"fetch-weights: {fetch_fid_reference(resources, dataset, url, sha)}")
     except Exception as e:  # no internet, hub errors, checksum mismatches: say which and stop

@@ -11,7 +11,9 @@ Contract with the workflow and the SLURM profile
   2 = bad command line, config, or dataset (nothing was done; the message names the key or path);
   3 = preempted: SIGTERM or SIGUSR1 arrived, a checkpoint was saved at the end of the current
   step, rerun the same command to resume (``EXIT_PREEMPTED``);
-  4 = ``train.max_bad_steps`` consecutive non-finite losses; the last good checkpoint is kept.
+  4 = ``train.max_bad_steps`` consecutive non-finite losses; the last good checkpoint is kept;
+  5 = another `lct train` holds the run directory (``<run-dir>/.lock`` names its host, PID and SLURM
+  job); nothing was done.
 * Resume: the newest complete ``checkpoints/ckpt-<step:08d>.pt`` is loaded (model, EMAs,
   optimizer, step, RNG state, data order). Every step re-seeds from (seed, rank, step), so an
   interrupted and resumed run ends with the same weights as an uninterrupted one (CPU, same
@@ -51,7 +53,30 @@ from lct.config import BOOKKEEPING_KEYS, ConfigError, ExperimentConfig, load_exp
 from lct.model import EMA, build_model, load_checkpoint_model, make_optimizer  # noqa: F401 (re-exported)
 from lct.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
 
-EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS = 0, 2, 3, 4
+EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS, EXIT_BUSY = 0, 2, 3, 4, 5
+
+
+def lock_run_dir(run_dir: str | Path) -> int | None:
+    """An exclusive lock on <run_dir>/.lock held for the life of this process (and of torchrun, which
+    inherits the descriptor through exec); None when another writer holds it. The file names the holder
+    (host, PID, SLURM job id) for the message of the one refused."""
+    import fcntl
+    import os
+    import socket
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.set_inheritable(fd, True)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} slurm_job {os.environ.get('SLURM_JOB_ID', '-')}\n"
+             .encode())
+    return fd
 
 # Fields that may change between a checkpoint and the resuming command (cadence, not the math):
 # lct.config.BOOKKEEPING_KEYS, the same set the workflow leaves out of the training rule's params.
@@ -354,9 +379,10 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         log = JsonlLog(run_dir / "log.jsonl")
 
         start, bad_total, bad_run = 0, 0, 0
-        latest, state = ckio.latest_checkpoint(run_dir), None
+        # The newest checkpoint that loads; damaged ones are moved aside (by rank 0) and named in the log.
+        latest, state = ckio.load_latest(run_dir, move_damaged=dinfo.is_main,
+                                         say=lambda m: print(m, file=sys.stderr, flush=True))
         if latest is not None:
-            state = ckio.load(latest)
             diff = _config_diff(state["config"], cfg.to_dict())
             if diff:
                 raise ConfigError(f"{latest} was trained with a different config ({'; '.join(diff)}); "
@@ -590,7 +616,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"lct train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    lock = None
     if "RANK" not in os.environ:  # the launching process (torchrun's ranks skip this)
+        lock = lock_run_dir(args.run_dir)
+        if lock is None:  # one writer per run directory
+            holder = (Path(args.run_dir) / ".lock").read_text().strip() or "another process"
+            print(f"lct train: error: {args.run_dir} is being trained by {holder}; two writers would corrupt it. "
+                  "Wait for it, or cancel that job (scancel) before rerunning; after `snakemake --unlock`, cancel "
+                  "orphaned SLURM jobs first", file=sys.stderr)
+            return EXIT_BUSY
+    try:
+        return _launch_and_train(args, argv, cfg)
+    finally:
+        if lock is not None:  # (under torchrun the exec'd launcher keeps it until the run ends)
+            os.close(lock)
+
+
+def _launch_and_train(args: argparse.Namespace, argv: list[str], cfg: ExperimentConfig) -> int:
+    import os
+
+    if "RANK" not in os.environ:
         if args.on_config_change == "supersede":
             moved = supersede_if_changed(cfg, args.run_dir)
             if moved is not None:

@@ -112,9 +112,11 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.M
             f"VAE folder {path} is missing or has no config.json. Paper: run `snakemake fetch_weights` "
             f"(lct fetch-weights --out <resources>) on a machine with internet; demo: `lct train-vae --out {path}`"
         )
-    from lct.fetch import check_not_random
+    from lct.fetch import _load_manifest, check_not_random, require
 
     check_not_random(path)
+    if any(k.startswith(path.name + "/") for k in _load_manifest(path.parent)["files"]):
+        require(path.parent, path.name)  # a fetched VAE (SD-VAE): every file verified against MANIFEST.json
     vae = _autoencoder_cls().from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     return vae.to(device).eval().requires_grad_(False)
 

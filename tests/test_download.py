@@ -118,15 +118,15 @@ def test_fetch_asset_checks_hub_prefix_and_manifest(server, tmp_path, monkeypatc
     good = {"path": "torch/hub/checkpoints/vgg16-x.pth", "url": url, "sha256": SHA[:8]}
     monkeypatch.setitem(fetch.ASSETS, "vgg16", good)
     p = fetch.fetch_asset(tmp_path, "vgg16")
-    assert fetch.require(tmp_path, "vgg16", verify=True) == p
+    assert fetch.require(tmp_path, "vgg16") == p
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert manifest["files"][good["path"]]["sha256"] == SHA and manifest["assets"]["vgg16"] == good["path"]
     assert fetch.verify_manifest(tmp_path) == []
 
     # An altered file is caught by the manifest; a truncated one even without rehashing.
-    p.write_bytes(PAYLOAD[:-1] + b"\x01")
+    p.write_bytes(PAYLOAD[:-1] + b"\x01")  # same size: only the full sha256 sees it, on every use
     with pytest.raises(fetch.MissingResource, match="does not match"):
-        fetch.require(tmp_path, "vgg16", verify=True)
+        fetch.require(tmp_path, "vgg16")
     assert fetch.verify_manifest(tmp_path) and fetch.main(["--out", str(tmp_path), "--verify"]) == 1
     p.write_bytes(PAYLOAD[:10])
     with pytest.raises(fetch.MissingResource, match="fetch_weights"):
@@ -146,3 +146,30 @@ def test_fetch_weights_offline_fails_clearly(tmp_path, monkeypatch, capsys):
     assert fetch.main(["--out", str(tmp_path), "--inception"]) == 1
     assert "needs internet" in capsys.readouterr().err
     assert not (tmp_path / "cleanfid" / "i.pt").exists()
+
+
+def test_a_pin_is_never_moved_by_a_damaged_file(server, tmp_path, monkeypatch):
+    """An asset without a published checksum (NVIDIA's vgg16.pt): pinned at first download. A damaged
+    copy (same size) is refused by `require`; following its advice (`fetch-weights`) moves the bad file
+    aside and downloads again, and the pin stays; a publisher file that changed is refused unless --repin."""
+    url, state = server
+    asset = {"path": "stylegan2/vgg16.pt", "url": url, "sha256": None}
+    monkeypatch.setitem(fetch.ASSETS, "vgg16_nvidia", asset)
+    p = fetch.fetch_asset(tmp_path, "vgg16_nvidia")
+    pin = json.loads((tmp_path / "MANIFEST.json").read_text())["files"][asset["path"]]["sha256"]
+    assert pin == SHA and fetch.require(tmp_path, "vgg16_nvidia") == p
+    p.write_bytes(b"\x00" * len(PAYLOAD))  # damaged, same size
+    with pytest.raises(fetch.MissingResource, match="does not match"):
+        fetch.require(tmp_path, "vgg16_nvidia")
+    assert fetch.fetch_asset(tmp_path, "vgg16_nvidia") == p  # the fix the error names
+    assert p.read_bytes() == PAYLOAD and list(p.parent.glob("vgg16.pt.bad-*"))
+    assert json.loads((tmp_path / "MANIFEST.json").read_text())["files"][asset["path"]]["sha256"] == pin
+    assert fetch.require(tmp_path, "vgg16_nvidia") == p
+    # the publisher's file changed: refused, the pin kept; --repin accepts it
+    state["body"] = PAYLOAD[::-1]
+    p.write_bytes(b"\x01" * len(PAYLOAD))
+    with pytest.raises(DownloadError, match="differs from the pin"):
+        fetch.fetch_asset(tmp_path, "vgg16_nvidia")
+    assert json.loads((tmp_path / "MANIFEST.json").read_text())["files"][asset["path"]]["sha256"] == pin
+    fetch.fetch_asset(tmp_path, "vgg16_nvidia", repin=True)
+    assert json.loads((tmp_path / "MANIFEST.json").read_text())["files"][asset["path"]]["sha256"] != pin

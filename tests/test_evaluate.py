@@ -160,3 +160,38 @@ def test_evaluate_cli_end_to_end(setup, tmp_path):
     assert ev.main(fresh) == 0  # no cache at all
     assert json.loads(out.read_text())["fid"] == json.loads(direct.read_text())["fid"]
     assert sorted(p.name for p in (tmp_path / "img").iterdir())[0] == "000100.png"
+
+
+def test_a_bad_reference_or_model_stops_before_sampling_and_nothing_non_finite_is_written(setup, tmp_path):
+    """NaN in the reference statistics, or a checkpoint trained on another shape: refused before a sample
+    is drawn, naming the file; a non-finite metric is never written (the JSON refuses NaN too)."""
+    import time
+
+    root, _ = setup
+    ref = tmp_path / "ref.npz"
+    assert ev.ref_stats_main(["--data", str(root / "mnist"), "--feature", "digit_classifier", "--resources", str(root),
+                              "--out", str(ref), "--image-format", "png", "--device", "cpu"]) == 0
+    ckpt = tiny_checkpoint(tmp_path / "final.pt")
+
+    def argv(ref_path, ckpt_path):
+        return ["--checkpoint", str(ckpt_path), "--data", str(root / "mnist"), "--experiment", "tiny", "--nfe", "1",
+                "--num-samples", "50000", "--ema", "0.99", "--feature", "digit_classifier", "--ref", str(ref_path),
+                "--resources", str(root), "--out", str(tmp_path / "e.json"), "--image-format", "png",
+                "--device", "cpu"]
+
+    with np.load(ref) as z:
+        arrays = dict(z)
+    arrays["mu_frechet_digit"] = arrays["mu_frechet_digit"].copy()
+    arrays["mu_frechet_digit"][0] = np.nan
+    bad_ref = tmp_path / "nan.npz"
+    np.savez(bad_ref, **arrays)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit, match=f"{bad_ref}.*non-finite"):
+        ev.main(argv(bad_ref, ckpt))
+    other = tiny_checkpoint(tmp_path / "other.pt", resolution=32)
+    with pytest.raises(SystemExit, match="trained on data of shape"):
+        ev.main(argv(ref, other))
+    assert time.monotonic() - t0 < 30 and not (tmp_path / "e.json").exists()  # 50,000 samples never drawn
+    with pytest.raises(ValueError):
+        ev._atomic_json(tmp_path / "x.json", {"fid": float("nan")})
+    assert not (tmp_path / "x.json").exists()

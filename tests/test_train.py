@@ -246,3 +246,51 @@ def test_gpus_flag_one_process_or_torchrun(tmp_path, monkeypatch):
     launched.clear()
     assert T.main(args + ["--gpus", "1"]) == 0 and not launched  # one GPU: trains in this process
     assert torch.load(run / "final.pt", weights_only=True)["step"] == 2  # trained here, in this one process
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("train.total_steps=0", "train.total_steps = 0"), ("train.total_steps=-5", "train.total_steps = -5"),
+    ("train.ema_decays=[1.5]", "train.ema_decays[0] = 1.5"), ("schedule.sigma_min=100", "schedule.sigma_max"),
+    ("train.grad_clip=-1", "train.grad_clip = -1"), ("train.lr=1e-4", None),
+])
+def test_lct_train_itself_refuses_what_the_workflow_would(tmp_path, capsys, setting, named):
+    """The dry-run's ranges hold at the command too (exit 2 before any work, the key named); `1e-4`,
+    a string to PyYAML, is a number."""
+    from lct import train as T
+
+    data = make_dataset(tmp_path, n=16)
+    cfg = make_experiment(tmp_path, total_steps=2)
+    argv = ["--config", str(cfg), "--data", str(data), "--run-dir", str(tmp_path / "run"), "--quiet",
+            "--set", setting]
+    if named is None:
+        assert T.resolve_config(cfg, [setting]).train.lr == 1e-4
+        return
+    assert T.main(argv) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "run" / "final.pt").exists()
+
+
+def test_one_writer_per_run_directory(tmp_path, capsys):
+    """A second `lct train` on a run directory another one holds is refused at once (exit 5), naming the
+    holder's host, PID and SLURM job; once the holder is gone the same command trains."""
+    import fcntl
+    import os
+
+    from lct import train as T
+
+    data = make_dataset(tmp_path, n=16)
+    cfg = make_experiment(tmp_path, total_steps=2, checkpoint_every=100, log_every=1)
+    run = tmp_path / "run"
+    fd = T.lock_run_dir(run)  # this process plays the first writer
+    assert fd is not None and f"pid {os.getpid()}" in (run / ".lock").read_text()
+    argv = ["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--quiet"]
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "lct", "train", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == T.EXIT_BUSY and f"pid {os.getpid()}" in r.stderr and "scancel" in r.stderr, r.stderr
+    assert not (run / "final.pt").exists()
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    assert T.main(argv) == 0 and (run / "final.pt").is_file()
+    assert T.main(argv) == 0  # in-process twice: the first call released its lock

@@ -98,3 +98,31 @@ def test_resume_refuses_a_changed_config(reference, capsys):
     (run / "final.pt").unlink()
     assert T.main(_cmd(cfg, data, run) + ["--set", "train.total_steps=10", "--set", "train.lr=0.01"]) == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "not_a_checkpoint"])
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(reference, damage, capsys):
+    """A newest checkpoint that does not load (cut short by a full disk, overwritten, or some other file)
+    is moved to checkpoints/damaged-<name>, named in the log, and training resumes from the one before,
+    ending with the uninterrupted run's weights."""
+    import shutil
+
+    import torch
+
+    root, cfg, data, ref = reference
+    run = root / f"damaged-{damage}"
+    shutil.copytree(root / "ref", run)
+    (run / "final.pt").unlink()
+    newest = list_checkpoints(run)[-1][1]  # ckpt-00000040 (the last step is checkpointed too)
+    if damage == "truncated":
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    elif damage == "garbage":
+        newest.write_bytes(os.urandom(4096))
+    else:
+        torch.save({"hello": torch.zeros(1)}, newest)
+    assert T.main(_cmd(cfg, data, run)) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} cannot be loaded" in err and "damaged-ckpt-00000040.pt" in err, err
+    assert (run / "checkpoints" / f"damaged-{newest.name}").is_file()
+    _assert_same_final(load(run / "final.pt"), ref)
