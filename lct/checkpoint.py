@@ -26,10 +26,16 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # ENOSPC, quota, I/O error: no half file left, the path named
+        tmp.unlink(missing_ok=True)
+        raise OSError(getattr(e, "errno", None) or 28,
+                      f"cannot write {path} ({e}); nothing was kept. Free space on {path.parent} (df -h) and rerun: "
+                      "training resumes from the last complete checkpoint") from e
     tmp.replace(path)
     return path
 

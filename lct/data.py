@@ -99,14 +99,28 @@ def load_training_data(path: str | Path) -> tuple["torch.Tensor", dict[str, Any]
         norm_file = path / "norm.npz"
         if not norm_file.is_file():
             raise DataError(f"{norm_file} is missing; rerun `lct encode --out {path}`")
-        norm = LatentNormalizer.load(norm_file)
-        raw = torch.from_numpy(np.array(np.load(path / "latents.npy", mmap_mode="r"), dtype=np.float32))
+        try:
+            norm = LatentNormalizer.load(norm_file)
+            raw = torch.from_numpy(np.array(np.load(path / "latents.npy", mmap_mode="r"), dtype=np.float32))
+        except (ValueError, OSError, EOFError, KeyError) as e:  # truncated, garbage, or not an array
+            raise DataError(f"{path / 'latents.npy'} or {norm_file} cannot be read ({e}); it is damaged: remove "
+                            f"both and rebuild them (`snakemake <target>` reruns the encode rule; by hand: `lct "
+                            f"encode --out {path}`)") from e
+        if raw.ndim != 4 or not torch.isfinite(raw).all():
+            raise DataError(f"{path / 'latents.npy'}: expected finite latents [N, C, H, W], got shape "
+                            f"{list(raw.shape)}{' with non-finite values' if raw.ndim == 4 else ''}; remove it and "
+                            f"rebuild it (`lct encode --out {path}`)")
         x = norm.normalize(raw)
         meta = json.loads((path / "latents.json").read_text()) if (path / "latents.json").is_file() else {}
         info = {"kind": "latents", "path": str(path), "shape": list(x.shape), "normalization": norm.mode, **meta}
         return x, info
     if (path / "images.npy").is_file():
-        images = np.load(path / "images.npy", mmap_mode="r")
+        try:
+            images = np.load(path / "images.npy", mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path / 'images.npy'} cannot be read ({e}); it is damaged: remove it and rebuild it "
+                            f"(`snakemake <target>` reruns prepare_data; by hand: `lct prepare-data ... --out "
+                            f"{path.parent}`)") from e
         if images.dtype != np.uint8 or images.ndim != 4:
             raise DataError(f"{path / 'images.npy'}: expected uint8 [N, H, W, C], got {images.dtype} {images.shape}")
         x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # copy: writable

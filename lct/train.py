@@ -51,6 +51,7 @@ from lct import checkpoint as ckio
 from lct import distributed as ddist
 from lct.config import BOOKKEEPING_KEYS, ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
 from lct.model import EMA, build_model, load_checkpoint_model, make_optimizer  # noqa: F401 (re-exported)
+from lct.data import DataError
 from lct.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
 
 EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS, EXIT_BUSY = 0, 2, 3, 4, 5
@@ -657,6 +658,12 @@ def _launch_and_train(args: argparse.Namespace, argv: list[str], cfg: Experiment
     except ConfigError as e:
         print(f"lct train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except DataError as e:  # damaged training data: names the file and the command that rebuilds it
+        print(f"lct train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # disk full, quota, I/O: names the path; the last complete checkpoint is kept
+        print(f"lct train: error: {e}", file=sys.stderr)
+        return 1
     return EXIT_OK
 
 

@@ -294,3 +294,35 @@ def test_one_writer_per_run_directory(tmp_path, capsys):
     os.close(fd)
     assert T.main(argv) == 0 and (run / "final.pt").is_file()
     assert T.main(argv) == 0  # in-process twice: the first call released its lock
+
+
+def test_damaged_data_and_a_full_disk_name_the_file_and_the_fix(tmp_path, capsys, monkeypatch):
+    """A truncated latents.npy: exit 2 naming it and `lct encode`; a full disk while checkpointing: the
+    path named, no .tmp left behind."""
+    import errno
+
+    import numpy as np
+
+    from lct import checkpoint as ckio
+    from lct import train as T
+
+    lat = tmp_path / "latents"
+    lat.mkdir()
+    np.save(lat / "latents.npy", np.zeros((8, 4, 4, 4), np.float32))
+    (lat / "latents.npy").write_bytes((lat / "latents.npy").read_bytes()[:100])  # cut short
+    np.savez(lat / "norm.npz", mode="standardize", mean=np.zeros((4, 4, 4)), std=np.ones((4, 4, 4)))
+    cfg = make_experiment(tmp_path, total_steps=2)
+    argv = ["--config", str(cfg), "--data", str(lat), "--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert T.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "latents.npy" in err and "lct encode --out" in err and "Traceback" not in err, err
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckio.torch, "save", full)
+    target = tmp_path / "ck" / "ckpt-00000001.pt"
+    with pytest.raises(OSError, match=f"cannot write {target}.*No space left"):
+        ckio.save_atomic({"x": 1}, target)
+    assert not list(target.parent.glob("*.tmp")) and not target.exists()
