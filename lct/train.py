@@ -14,6 +14,9 @@ Contract with the workflow and the SLURM profile
   4 = ``train.max_bad_steps`` consecutive non-finite losses; the last good checkpoint is kept;
   5 = another `lct train` holds the run directory (``<run-dir>/.lock`` names its host, PID and SLURM
   job); nothing was done.
+* Exits 2 and 4 are deterministic: ``<run-dir>/FAILED.json`` records them with a digest of the config
+  and the data files, and the same command under the same digest (a scheduler's retry) stops at once
+  with the same exit and message; changed settings or rebuilt data train again.
 * Resume: the newest complete ``checkpoints/ckpt-<step:08d>.pt`` is loaded (model, EMAs,
   optimizer, step, RNG state, data order). Every step re-seeds from (seed, rank, step), so an
   interrupted and resumed run ends with the same weights as an uninterrupted one (CPU, same
@@ -55,6 +58,42 @@ from lct.data import DataError
 from lct.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
 
 EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS, EXIT_BUSY = 0, 2, 3, 4, 5
+
+
+FAILURE = "FAILED.json"  # a deterministic failure of this run dir: config, data and what went wrong
+
+
+def inputs_digest(cfg: ExperimentConfig, data: str | Path) -> str:
+    """What decides whether a failure repeats: the whole config and the data files' names, sizes, mtimes."""
+    import hashlib
+    import json
+
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(data).iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps([cfg.to_dict(), files], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def previous_failure(run_dir: str | Path, digest: str) -> dict[str, Any] | None:
+    import json
+
+    f = Path(run_dir) / FAILURE
+    try:
+        rec = json.loads(f.read_text()) if f.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return rec if rec and rec.get("inputs") == digest else None
+
+
+def record_failure(run_dir: str | Path, code: int, message: str, digest: str) -> None:
+    """Written by rank 0 on exit 2 (bad config or data) or 4 (non-finite losses): the same command with the
+    same config and data fails the same way, so a retry stops in seconds instead of training again."""
+    import json
+
+    f = Path(run_dir) / FAILURE
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f.name + ".tmp")
+    tmp.write_text(json.dumps({"exit": code, "message": message, "inputs": digest,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    tmp.replace(f)
 
 
 def lock_run_dir(run_dir: str | Path) -> int | None:
@@ -626,6 +665,13 @@ def main(argv: list[str] | None = None) -> int:
                   "Wait for it, or cancel that job (scancel) before rerunning; after `snakemake --unlock`, cancel "
                   "orphaned SLURM jobs first", file=sys.stderr)
             return EXIT_BUSY
+        prev = previous_failure(args.run_dir, inputs_digest(cfg, args.data))
+        if prev is not None:  # a retry of a failure that will repeat: seconds, not another queued attempt
+            print(f"lct train: error: this run failed at {prev['time']} with exit {prev['exit']} under the same "
+                  f"config and data: {prev['message']}\nIt would fail the same way. Fix the cause (settings or "
+                  f"data), or remove {Path(args.run_dir) / FAILURE} to try again.", file=sys.stderr)
+            os.close(lock)
+            return int(prev["exit"])
     try:
         return _launch_and_train(args, argv, cfg)
     finally:
@@ -646,24 +692,24 @@ def _launch_and_train(args: argparse.Namespace, argv: list[str], cfg: Experiment
         n = min(args.gpus or 0, torch.cuda.device_count()) if torch.cuda.is_available() else (args.gpus or 0)
         if n > 1:
             launch_torchrun(argv, n)
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
         train(cfg, args.data, args.run_dir, device=args.device, quiet=args.quiet, resources=args.resources,
               teacher=args.teacher)
     except Preempted as e:
         print(f"lct train: preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except BadStepsError as e:
+    except (BadStepsError, ConfigError, DataError) as e:  # deterministic: recorded, so a retry stops at once
+        code = EXIT_BAD_STEPS if isinstance(e, BadStepsError) else EXIT_USAGE
         print(f"lct train: error: {e}", file=sys.stderr)
-        return EXIT_BAD_STEPS
-    except ConfigError as e:
-        print(f"lct train: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except DataError as e:  # damaged training data: names the file and the command that rebuilds it
-        print(f"lct train: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        if main_rank:
+            record_failure(args.run_dir, code, str(e), inputs_digest(cfg, args.data))
+        return code
     except OSError as e:  # disk full, quota, I/O: names the path; the last complete checkpoint is kept
         print(f"lct train: error: {e}", file=sys.stderr)
         return 1
+    if main_rank:
+        (Path(args.run_dir) / FAILURE).unlink(missing_ok=True)
     return EXIT_OK
 
 

@@ -326,3 +326,37 @@ def test_damaged_data_and_a_full_disk_name_the_file_and_the_fix(tmp_path, capsys
     with pytest.raises(OSError, match=f"cannot write {target}.*No space left"):
         ckio.save_atomic({"x": 1}, target)
     assert not list(target.parent.glob("*.tmp")) and not target.exists()
+
+
+def test_a_failure_that_will_repeat_costs_one_attempt(tmp_path, capsys, monkeypatch):
+    """Non-finite losses (exit 4) leave runs/<e>/FAILED.json; the same command with the same config and
+    data (what a scheduler retry runs) stops in seconds with the same exit and message; changed settings
+    train again."""
+    import time as _time
+
+    from lct import train as T
+
+    real = T.make_objective
+
+    def nan_objective(cfg, total, resources=None, teacher=None):
+        obj = real(cfg, total, resources, teacher)
+
+        def call(net, x0, noise, step, **kw):
+            loss, logs = obj(net, x0, noise, step, **kw)
+            return loss * float("nan"), logs
+        return call
+
+    monkeypatch.setattr(T, "make_objective", nan_objective)
+    data = make_dataset(tmp_path, n=16)
+    cfg = make_experiment(tmp_path, total_steps=6, max_bad_steps=2)
+    run = tmp_path / "run"
+    argv = ["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--quiet"]
+    assert T.main(argv) == T.EXIT_BAD_STEPS and (run / T.FAILURE).is_file()
+    capsys.readouterr()
+    t0 = _time.monotonic()
+    assert T.main(argv) == T.EXIT_BAD_STEPS  # the retry
+    err = capsys.readouterr().err
+    assert "would fail the same way" in err and "consecutive non-finite" in err and str(run / T.FAILURE) in err
+    assert _time.monotonic() - t0 < 5
+    assert T.main(argv + ["--set", "train.lr=0.0002"]) == T.EXIT_BAD_STEPS  # new settings: it trains again
+    assert "would fail the same way" not in capsys.readouterr().err
