@@ -588,7 +588,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "workflow writes configs/<e>.run.yaml so that editing them never retrains")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda (default: $LCT_DEVICE, else cuda when available); --gpus N or --device cuda "
+                        "without a visible CUDA device is refused, --device cpu runs N CPU ranks on purpose")
     p.add_argument("--quiet", action="store_true", help="no progress bar (the start / resume line is still printed)")
     p.add_argument("--gpus", type=int, default=None,
                    help="GPUs for this run: > 1 starts torchrun with min(N, visible GPUs) ranks (N gloo ranks on a "
@@ -655,6 +657,16 @@ def main(argv: list[str] | None = None) -> int:
         check_data_dir(args.data)
     except (ConfigError, FileNotFoundError) as e:
         print(f"lct train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    args.device = args.device or os.environ.get("LCT_DEVICE") or None
+    if "RANK" not in os.environ and not torch.cuda.is_available() and (
+            args.device == "cuda" or ((args.gpus or 0) >= 1 and args.device != "cpu")):
+        import socket
+
+        print(f"lct train: error: {'--device cuda' if args.device == 'cuda' else f'--gpus {args.gpus}'} asked for "
+              f"GPUs, but no CUDA device is visible on {socket.gethostname()} (CUDA_VISIBLE_DEVICES="
+              f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); check the job's GPU request and the node's driver. "
+              "(`--device cpu` or LCT_DEVICE=cpu trains CPU ranks on purpose, for tests.)", file=sys.stderr)
         return EXIT_USAGE
     lock = None
     if "RANK" not in os.environ:  # the launching process (torchrun's ranks skip this)

@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
+# These machines have no GPU: `lct train --gpus N` refuses to fall back to CPU ranks unless told so
+# (LCT_DEVICE=cpu, what `--device cpu` says); every test, its subprocesses and its SLURM jobs run so.
+os.environ.setdefault("LCT_DEVICE", "cpu")
 
 import torch  # noqa: E402
 

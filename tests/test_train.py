@@ -360,3 +360,22 @@ def test_a_failure_that_will_repeat_costs_one_attempt(tmp_path, capsys, monkeypa
     assert _time.monotonic() - t0 < 5
     assert T.main(argv + ["--set", "train.lr=0.0002"]) == T.EXIT_BAD_STEPS  # new settings: it trains again
     assert "would fail the same way" not in capsys.readouterr().err
+
+
+def test_gpus_asked_without_cuda_are_refused_naming_the_node(tmp_path, capsys, monkeypatch):
+    """`--gpus 4` or `--device cuda` on a node where CUDA is not visible: refused at once with the node's
+    name (no silent CPU ranks); `--device cpu` (LCT_DEVICE=cpu, the tests' setting) keeps them."""
+    import socket
+
+    from lct import train as T
+
+    data = make_dataset(tmp_path, n=16)
+    cfg = make_experiment(tmp_path, total_steps=1)
+    argv = ["--config", str(cfg), "--data", str(data), "--run-dir", str(tmp_path / "run"), "--quiet"]
+    monkeypatch.delenv("LCT_DEVICE", raising=False)
+    for extra in (["--gpus", "4"], ["--device", "cuda"], ["--gpus", "1"]):
+        assert T.main(argv + extra) == T.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert socket.gethostname() in err and "no CUDA device is visible" in err, err
+    assert not (tmp_path / "run" / "final.pt").exists()
+    assert T.main(argv + ["--gpus", "1", "--device", "cpu"]) == 0
