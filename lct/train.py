@@ -463,7 +463,21 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
         memory_format = torch.channels_last if fast["channels_last"] else torch.contiguous_format
 
+        def check_finite(step: int) -> None:
+            """The weights and every EMA are finite before anything is saved (one host read): a file that a
+            table would cite never holds inf or NaN. Every rank checks its identical copy, so all raise."""
+            named = [(f"model.{n}", v) for n, v in model.state_dict().items()]
+            named += [(f"ema[{k}].{n}", v) for k, sh in ema.state_dict().items() for n, v in sh.items()]
+            named = [(n, v) for n, v in named if v.is_floating_point()]
+            ok = torch.stack([torch.isfinite(v).all() for _, v in named])
+            if not bool(ok.all()):
+                bad = [n for (n, _), good in zip(named, ok.tolist()) if not good]
+                raise BadStepsError(f"non-finite weights at step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                                    f"nothing saved; the last good checkpoint is {ckio.latest_checkpoint(run_dir) or 'none'}. "
+                                    "Lower train.lr, set train.grad_clip, or check train.ema_decays and the data.")
+
         def save(step: int) -> None:
+            check_finite(step)
             if dinfo.is_main:
                 ckio.save_atomic({
                     "kind": "checkpoint", "config": cfg.to_dict(), "step": step, "model": model.state_dict(),
@@ -556,6 +570,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             # before the workflow records success (a time limit hit while tearing down, a node failure),
             # Snakemake deletes final.pt and the retry only rewrites it from here.
             save(total)
+        check_finite(total)
         if dinfo.is_main:
             ckio.save_atomic({"kind": "final", "config": cfg.to_dict(), "step": total, "model": model.state_dict(),
                               "ema": ema.state_dict(), "data": data_meta}, run_dir / "final.pt")

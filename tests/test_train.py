@@ -379,3 +379,26 @@ def test_gpus_asked_without_cuda_are_refused_naming_the_node(tmp_path, capsys, m
         assert socket.gethostname() in err and "no CUDA device is visible" in err, err
     assert not (tmp_path / "run" / "final.pt").exists()
     assert T.main(argv + ["--gpus", "1", "--device", "cpu"]) == 0
+
+
+def test_non_finite_weights_or_emas_are_never_saved(tmp_path, capsys, monkeypatch):
+    """An EMA that turns inf (or any weight): the run stops with exit 4 at its next save, naming the
+    tensor; neither a checkpoint nor final.pt with non-finite values is written."""
+    import torch
+
+    from lct import train as T
+
+    real = T.EMA.update
+
+    def update(self, model):
+        real(self, model)
+        for sh in self.shadows.values():
+            next(v for v in sh.values() if v.is_floating_point()).fill_(float("inf"))
+
+    monkeypatch.setattr(T.EMA, "update", update)
+    data = make_dataset(tmp_path, n=16)
+    cfg = make_experiment(tmp_path, total_steps=4, checkpoint_every=2)
+    run = tmp_path / "run"
+    assert T.main(["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--quiet"]) == T.EXIT_BAD_STEPS
+    assert "non-finite weights at step 2 (ema[" in capsys.readouterr().err
+    assert not (run / "final.pt").exists() and not list((run / "checkpoints").glob("ckpt-*.pt"))
