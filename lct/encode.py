@@ -80,7 +80,9 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
         raise VAEError(f"{img_file} is missing; run `lct prepare-data --out {data}` first")
     images = np.load(img_file, mmap_mode="r")
     n, h, w, c = images.shape
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lct.device import pick_device
+
+    device = pick_device(device)
     vae = load_vae(vae_dir, device)
     if vae.config.in_channels != c:
         raise VAEError(f"VAE {vae_dir} takes {vae.config.in_channels} channels but {img_file} has {c}")

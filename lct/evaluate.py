@@ -24,17 +24,11 @@ import numpy as np
 import torch
 
 from lct.download import sha256_file
+from lct.device import pick_device  # noqa: F401 (also lct.figures' import)
 from lct.suites import SUITES  # torch-free: lct.report reads it in the light env
 
 IMAGE_FORMATS = ("jpeg", "png")
 DEFAULT_JPEG_QUALITY = 75
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def encode_images(images: np.ndarray, image_format: str, quality: int = DEFAULT_JPEG_QUALITY) -> list[bytes]:

@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     from lct.config import ConfigError
     from lct.model import load_checkpoint_model
 
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lct.device import pick_device
+
+    device = pick_device(a.device)
     try:
         model, cfg, info = load_checkpoint_model(ckpt, a.ema, device)
         shape = tuple(info["data"]["shape"][1:])

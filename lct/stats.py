@@ -84,7 +84,9 @@ def td_stats(checkpoint: str | Path, data: str | Path | None = None, num_timeste
     from lct.schedules import karras_sigmas
     from lct.model import load_checkpoint_model
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lct.device import pick_device
+
+    device = pick_device(device)
     model, cfg, info = load_checkpoint_model(checkpoint, ema="online", device=device)
     data = data or info["data"]["path"]
     x, dinfo = load_training_data(data)

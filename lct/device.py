@@ -1,0 +1,52 @@
+"""Which device a command runs on, and the refusal when a job that was given GPUs cannot see CUDA.
+
+`pick_device("auto")` is CUDA when visible, else the CPU, except inside a job that was granted GPUs
+(SLURM_JOB_GPUS, SLURM_GPUS_ON_NODE or a non-empty CUDA_VISIBLE_DEVICES) where CUDA is not visible:
+that is a broken node or a CPU build of PyTorch, and running a 50,000-sample evaluation on its CPU
+would take days, so it stops at once naming the node. ``--device cpu`` (or LCT_DEVICE=cpu, which the
+tests set on these GPU-less machines) runs on the CPU on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Mapping
+
+import torch
+
+
+class DeviceError(SystemExit):
+    """Hardware asked for is not there; the message names the node and the fix (exits the command)."""
+
+
+def granted_gpus(environ: Mapping[str, str] = os.environ) -> str | None:
+    """How the scheduler gave this job GPUs (the variable and its value), or None."""
+    for var in ("SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"):
+        value = environ.get(var, "").strip()
+        if var == "SLURM_GPUS_ON_NODE":
+            if value.isdigit() and int(value) > 0:
+                return f"{var}={value}"
+        elif value and value not in ("-1", "NoDevFiles"):
+            return f"{var}={value}"
+    return None
+
+
+def pick_device(name: str | None = "auto", environ: Mapping[str, str] = os.environ) -> torch.device:
+    """`auto` (or None), `cpu`, `cuda`, `cuda:N`; $LCT_DEVICE replaces `auto`."""
+    name = name or "auto"
+    if name == "auto":
+        name = environ.get("LCT_DEVICE") or "auto"
+    if name == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if name == "auto" else name)
+    host = socket.gethostname()
+    if name != "auto":
+        raise DeviceError(f"--device {name}: no CUDA device is visible on {host}; check the node's driver and "
+                          "the job's GPU request, or pass --device cpu")
+    granted = granted_gpus(environ)
+    if granted:
+        raise DeviceError(f"this job was given GPUs ({granted}) but CUDA is not visible on {host} (a broken node or "
+                          "a CPU build of PyTorch); refusing to run on its CPU. LCT_DEVICE=cpu runs on the CPU on purpose")
+    return torch.device("cpu")
