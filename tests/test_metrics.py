@@ -191,6 +191,9 @@ def test_inception_legacy_loads_local_weights_offline(tmp_path, monkeypatch):
     dest = tmp_path / ASSETS["inception_legacy"]["path"]
     dest.parent.mkdir(parents=True)
     torch.save(captured["sd"], dest)
+    from lct.fetch import record
+
+    record(tmp_path, "inception_legacy", [ASSETS["inception_legacy"]["path"]], "test")  # as fetch-weights pins it
 
     def no_download(*a, **k):
         raise AssertionError("must not download")
