@@ -275,6 +275,23 @@ def test_requeued_training_job_resumes_and_ends_as_the_uninterrupted_run(tmp_pat
     assert _tensors_equal(run / "final.pt", tmp_path / "ref" / "final.pt")
 
 
+def test_a_failure_that_will_repeat_costs_one_training_attempt():
+    """The real `lct train` job (4 ranks) diverges at once: exit 4 and runs/<e>/FAILED.json on the first
+    attempt; the profile's retry runs the same command, which stops within seconds on that record."""
+    proc, run, cmd = _real_drill("drill_diverge", ["--retries", "1"])
+    text, _ = proc.communicate(timeout=400)
+    assert proc.returncode != 0, text[-3000:]
+    record = json.loads((run / "FAILED.json").read_text())
+    assert record["exit"] == 4 and "non-finite" in record["message"]
+    log = (ROOT / "results/slurm-mini/logs/train/drill_diverge.log").read_text()
+    assert log.count("would fail the same way") == 1, log[-3000:]  # the retry, and only it, stopped on the record
+    jobs = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", text)
+    elapsed = [subprocess.run(["sacct", "-X", "-n", "-P", "-j", j, "-o", "ElapsedRaw"], capture_output=True,
+                              text=True, timeout=30).stdout.split() for j in jobs]
+    print(f"\n  diverge drill: SLURM jobs {jobs}, elapsed {elapsed} s")
+    assert len(jobs) == 2 and not (run / "final.pt").exists()
+
+
 def _drill_steps(seconds: float, default: int = 400) -> int:
     """Training steps that take `seconds` at the speed the requeue drill's job measured on this machine
     (its log.jsonl; batch 16), else `default`."""
