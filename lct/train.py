@@ -63,13 +63,14 @@ EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED, EXIT_BAD_STEPS, EXIT_BUSY = 0, 2, 3, 4, 5
 FAILURE = "FAILED.json"  # a deterministic failure of this run dir: config, data and what went wrong
 
 
-def inputs_digest(cfg: ExperimentConfig, data: str | Path) -> str:
-    """What decides whether a failure repeats: the whole config and the data files' names, sizes, mtimes."""
+def inputs_digest(cfg: ExperimentConfig, data: str | Path, mode: str = "error") -> str:
+    """What decides whether a failure repeats: the whole config, the data files' names, sizes and mtimes, and
+    `--on-config-change` (a run refused for a changed config trains under `supersede`)."""
     import hashlib
     import json
 
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(data).iterdir() if p.is_file())
-    return hashlib.sha256(json.dumps([cfg.to_dict(), files], sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([cfg.to_dict(), files, mode], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def previous_failure(run_dir: str | Path, digest: str) -> dict[str, Any] | None:
@@ -620,7 +621,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-STATE = ("checkpoints", "snapshots", "config.yaml", "log.jsonl", "loss.png")  # a run dir's resumable state
+STATE = ("checkpoints", "snapshots", "config.yaml", "log.jsonl", "loss.png", "FAILED.json")  # a run dir's resumable state
 
 
 def supersede_if_changed(cfg: ExperimentConfig, run_dir: str | Path) -> Path | None:
@@ -692,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                   "Wait for it, or cancel that job (scancel) before rerunning; after `snakemake --unlock`, cancel "
                   "orphaned SLURM jobs first", file=sys.stderr)
             return EXIT_BUSY
-        prev = previous_failure(args.run_dir, inputs_digest(cfg, args.data))
+        prev = previous_failure(args.run_dir, inputs_digest(cfg, args.data, args.on_config_change))
         if prev is not None:  # a retry of a failure that will repeat: seconds, not another queued attempt
             print(f"lct train: error: this run failed at {prev['time']} with exit {prev['exit']} under the same "
                   f"config and data: {prev['message']}\nIt would fail the same way. Fix the cause (settings or "
@@ -730,7 +731,7 @@ def _launch_and_train(args: argparse.Namespace, argv: list[str], cfg: Experiment
         code = EXIT_BAD_STEPS if isinstance(e, BadStepsError) else EXIT_USAGE
         print(f"lct train: error: {e}", file=sys.stderr)
         if main_rank:
-            record_failure(args.run_dir, code, str(e), inputs_digest(cfg, args.data))
+            record_failure(args.run_dir, code, str(e), inputs_digest(cfg, args.data, args.on_config_change))
         return code
     except OSError as e:  # disk full, quota, I/O: names the path; the last complete checkpoint is kept
         print(f"lct train: error: {e}", file=sys.stderr)
