@@ -212,8 +212,8 @@ _PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.mult
 
 
 def load_pickled_npy(path: str | Path) -> Any:
-    """An object ``.npy`` (np.save of a dict) read through an allow-list unpickler: numpy arrays and plain
-    containers only, so a crafted file cannot run code (`pickle.UnpicklingError` names what it tried)."""
+    """An ``.npy`` file; an object one (np.save of a dict) read through an allow-list unpickler: numpy arrays
+    and plain containers only, so a crafted file cannot run code (`pickle.UnpicklingError` names what it tried)."""
     import pickle
 
     class Restricted(pickle.Unpickler):
@@ -223,20 +223,12 @@ def load_pickled_npy(path: str | Path) -> Any:
                                              "numpy arrays and plain containers only)")
             return super().find_class(module, name)
 
-    if not _npy_is_object(Path(path)):
-        return np.load(path, allow_pickle=False)
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        header(f)  # the pickle starts right after the header
-        return Restricted(f, encoding="latin1").load()
-
-
-def _npy_is_object(path: Path) -> bool:
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return header(f)[2] == object
+        if header(f)[2] == object:
+            return Restricted(f, encoding="latin1").load()  # the pickle starts right after the header
+    return np.load(path, allow_pickle=False)
 
 
 def load_fid_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

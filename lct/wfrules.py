@@ -260,7 +260,10 @@ class Rules:
         return {k: flat[k] for k in sorted(BOOKKEEPING_KEYS) if k in flat and k != "name"}
 
     def run_settings_path(self, wildcards) -> str:
-        return f"{self.results}/configs/{wildcards.experiment}.run.yaml"
+        return self.run_settings_file(wildcards.experiment)
+
+    def run_settings_file(self, experiment: str) -> str:
+        return f"{self.results}/configs/{experiment}.run.yaml"
 
     def write_run_settings(self) -> list[str]:
         """onstart: (re)write configs/<e>.run.yaml of every experiment whose bookkeeping differs from the
@@ -270,7 +273,7 @@ class Rules:
 
         changed = []
         for e in self.experiments:
-            path = Path(self.run_settings_path(type("W", (), {"experiment": e})))
+            path = Path(self.run_settings_file(e))
             text = yaml.safe_dump(self.run_settings(e), sort_keys=True)
             if path.is_file() and path.read_text() == text:
                 continue
