@@ -50,3 +50,28 @@ def pick_device(name: str | None = "auto", environ: Mapping[str, str] = os.envir
         raise DeviceError(f"this job was given GPUs ({granted}) but CUDA is not visible on {host} (a broken node or "
                           "a CPU build of PyTorch); refusing to run on its CPU. LCT_DEVICE=cpu runs on the CPU on purpose")
     return torch.device("cpu")
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor's copy on `device` without a host synchronisation: through pinned memory, non-blocking.
+
+    A plain `.to("cuda")` of pageable memory synchronises the stream before the copy (CUDA's rule for
+    pageable transfers); a pinned source is queued like a kernel. The per-step draws of the objectives
+    (timesteps, weights, masks, the OT permutation, the batch's indices) all come this way. On the CPU it
+    is a copy (so the step's transfers are visible to tests/test_host_sync.py, which stands in for CUDA's
+    sync debug mode there)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, non_blocking=True, copy=True)
+
+
+def to_host_async(t: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
+    """Start a device tensor's copy into pinned host memory; (the host tensor, an event to wait on before
+    reading it, None on the CPU). The waiting is left to the reader (a worker thread), not the step."""
+    if t.device.type != "cuda":
+        return t.detach().clone(), None
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    out.copy_(t.detach(), non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return out, event

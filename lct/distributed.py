@@ -73,6 +73,17 @@ def any_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def any_flags(bad: torch.Tensor, stop: bool) -> tuple[bool, bool]:
+    """(any rank's `bad` device flag, any rank's `stop`) with ONE host read: the training step's only
+    synchronisation. The host flag is written on the device by a fill (no copy); several ranks all-reduce
+    the pair first."""
+    pair = torch.stack([bad.detach().float().reshape(()), bad.new_full((), float(stop), dtype=torch.float32)])
+    if dist.is_initialized():
+        dist.all_reduce(pair, op=dist.ReduceOp.MAX)
+    code = int(pair[0] * 2 + pair[1])  # both flags in one read: 2 bad + stop
+    return code >= 2, code % 2 == 1
+
+
 def mean_scalars(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average a dict of floats over ranks (for logging)."""
     if not dist.is_initialized() or not values:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lct import schedules as S
+from lct.device import to_device
 from lct.losses import make_distance, squared_norm
 from lct.ot import ot_pair
 
@@ -65,12 +66,13 @@ class ConsistencyObjective:
         self.distance = make_distance(cfg.loss.distance, resources)  # resources: E-LatentLPIPS weights
 
     def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
-                 generator: torch.Generator | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, dict[str, float]]:
+                 generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
+                 perm: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """x0, noise: the GLOBAL batch [B, ...]; `shard` = (rank, world): this process trains on rows
         [rank B/world, (rank+1) B/world). Every random draw, the OT plan and the diffusion-loss
         normalisation are taken over the global batch, so W ranks at B/W are the run of one
-        process at B (only the network passes are split)."""
+        process at B (only the network passes are split). `perm`: the batch's OT pairing when the
+        caller solved it already (the loop does, one step ahead: lct.batches); else solved here."""
         sched, lcfg = self.cfg.schedule, self.cfg.loss
         gen = generator if generator is not None else step_generator(self.cfg.train.seed, step)
         b, device, dtype = x0.shape[0], x0.device, x0.dtype  # b: the global batch here
@@ -90,18 +92,24 @@ class ConsistencyObjective:
         # Minibatch OT: re-pair the noise z with the data x0 by the exact plan (paper section 3.3).
         ot_time = 0.0
         if lcfg.ot:
-            t0 = time.perf_counter()
-            noise = noise[ot_pair(x0, noise)]
-            ot_time = time.perf_counter() - t0
+            if perm is None:
+                t0 = time.perf_counter()
+                perm = ot_pair(x0, noise)
+                ot_time = time.perf_counter() - t0
+            noise = noise[perm]
 
         # Diffusion-loss pairs (eq. 9): 1-based index i <= int(N r), counted over the global batch.
         sel = (i + 1) <= int(n * lcfg.diffusion_r)
-        n_sel = int(sel.sum())
+        n_sel = int(sel.sum())  # (host tensors: no device read)
+        lam = S.loss_weighting(t_lo, t_hi, sched.weighting)  # lambda(t_i), eq. 11 (host, float64)
         # This process's share of the global batch (all of it in one process).
         if world > 1:
-            x0, noise, i, t_lo, t_hi, sel = x0[local], noise[local], i[local], t_lo[local], t_hi[local], sel[local]
+            x0, noise, i, t_lo, t_hi, sel, lam = (x0[local], noise[local], i[local], t_lo[local], t_hi[local],
+                                                  sel[local], lam[local])
+        # The step's per-sample draws reach the device in one non-blocking copy (lct.device.to_device).
+        t_lo_x, t_hi_x, lam_x, sel_x = to_device(torch.stack([t_lo, t_hi, lam, sel.double()]), device).to(dtype)
+        sel_dev = sel_x > 0.5
         # The same x0 and the same z for both points of the pair.
-        t_lo_x, t_hi_x = t_lo.to(device, dtype), t_hi.to(device, dtype)
         x_hi = x0 + t_hi_x.view(-1, 1, 1, 1) * noise  # x_{t_{i+1}}
         x_lo = x0 + t_lo_x.view(-1, 1, 1, 1) * noise  # x_{t_i}
 
@@ -115,28 +123,30 @@ class ConsistencyObjective:
 
         # lambda(t_i) d(f_student, f_teacher) with c from its schedule (eqs. 4, 6-8, 11).
         c = S.scale_c(self.cfg, step, self.total_steps, d)
-        lam = S.loss_weighting(t_lo, t_hi, sched.weighting).to(device, dtype)
-        loss_ct = lam * self.distance(f_student, f_teacher, c, lcfg.reduction)
+        loss_ct = lam_x * self.distance(f_student, f_teacher, c, lcfg.reduction)
         loss = loss_ct
 
         # Diffusion loss at small timesteps (eq. 9) on the selected pairs of this share.
         loss_diff = torch.zeros_like(loss_ct)
-        sel_dev = sel.to(device)
+        diff_logged = torch.zeros_like(loss_ct)  # the term per selected sample, as the authors log it
         if lcfg.diffusion_loss and n_sel > 0:
             if lcfg.diffusion_variant == "paper":
                 # ||f_theta(x_{t_i}, t_i) - x0||^2 with the *student* at t_i (the paper's intent), on the
                 # selected samples only; squared norm summed (paper) or averaged as loss.reduction says.
-                idx = sel.nonzero().squeeze(1).to(device)  # from the CPU mask: no device sync
+                idx = sel.nonzero().squeeze(1)  # from the host mask: no device read
                 if len(idx):
+                    idx = to_device(idx, device)
                     f_small = net(x_lo[idx], t_lo_x[idx])
                     loss_diff = loss_diff.index_put((idx,), squared_norm(f_small, x0[idx], lcfg.reduction))
+                    diff_logged = loss_diff
             elif lcfg.diffusion_variant == "as_coded":
                 # Authors' code: student output at the larger sigma t_{i+1}, per-dim mean, weighted by
                 # 1/t^2 + 1/sigma_data^2, averaged over the selected samples only (hence b / n_sel, both
                 # global: the mean over this share and over the ranks gives the global average).
                 w = 1.0 / t_hi_x**2 + 1.0 / sched.sigma_data**2
                 per = w * squared_norm(f_student, x0, "mean")
-                loss_diff = torch.where(sel_dev, per, torch.zeros_like(per)) * (b / n_sel)
+                diff_logged = torch.where(sel_dev, per, torch.zeros_like(per))
+                loss_diff = diff_logged * (b / n_sel)
             else:
                 raise ValueError(f"loss.diffusion_variant = {lcfg.diffusion_variant!r}; choose paper or as_coded")
             loss = loss + lcfg.diffusion_weight * loss_diff
@@ -146,7 +156,8 @@ class ConsistencyObjective:
             "N": float(n),
             "c": float(c),
             "loss_ct": loss_ct.detach().mean(),
-            "loss_diff": loss_diff.detach().sum() * world / max(n_sel, 1) if lcfg.diffusion_loss else 0.0,
+            # the mean over the global batch's selected samples (the ranks' values are averaged when logged)
+            "loss_diff": diff_logged.detach().sum() * world / max(n_sel, 1) if lcfg.diffusion_loss else 0.0,
             "diff_frac": n_sel / b,
             "ot_time_s": ot_time,
         }
@@ -173,7 +184,7 @@ class DenoisingObjective:
         if world > 1:
             local = slice(rank * (x0.shape[0] // world), (rank + 1) * (x0.shape[0] // world))
             x0, noise, sigma = x0[local], noise[local], sigma[local]
-        sigma = sigma.to(x0.device, x0.dtype)
+        sigma = to_device(sigma, x0.device).to(x0.dtype)
         s = sigma.view(-1, 1, 1, 1)
         denoised = net(x0 + s * noise, sigma)
         # lambda(sigma) ||D(x0 + sigma z, sigma) - x0||^2, lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2   (EDM)
@@ -256,10 +267,11 @@ class DistillationObjective:
         rank, world = shard
         n = torch.multinomial(self.probs, b, replacement=True, generator=gen)  # pair (t_n, t_{n+k}), 0-based
         t_lo, t_hi = self.sigmas[n], self.sigmas[n + dc.skip]
+        lam = S.loss_weighting(t_lo, t_hi, sched.weighting)  # lambda(t_n), host float64
         if world > 1:
             local = slice(rank * (b // world), (rank + 1) * (b // world))
-            x0, noise, t_lo, t_hi = x0[local], noise[local], t_lo[local], t_hi[local]
-        t_lo_x, t_hi_x = t_lo.to(device, dtype), t_hi.to(device, dtype)
+            x0, noise, t_lo, t_hi, lam = x0[local], noise[local], t_lo[local], t_hi[local], lam[local]
+        t_lo_x, t_hi_x, lam_x = to_device(torch.stack([t_lo, t_hi, lam]), device).to(dtype)  # one async copy
         x_hi = x0 + t_hi_x.view(-1, 1, 1, 1) * noise  # x_{t_{n+k}} ~ N(x0, t_{n+k}^2 I)
         x_lo = self.heun_step(x_hi, t_hi_x, t_lo_x)  # the teacher's ODE step to t_n
 
@@ -270,8 +282,7 @@ class DistillationObjective:
             f_target = (self._target_call or net)(x_lo, t_lo_x)  # f_theta-(x_hat_{t_n}, t_n)
 
         c = S.scale_c(self.cfg, step, self.total_steps, x0[0].numel())
-        lam = S.loss_weighting(t_lo, t_hi, sched.weighting).to(device, dtype)
-        loss = lam * self.distance(f_student, f_target, c, lcfg.reduction)  # CM's CD loss with a robust d
+        loss = lam_x * self.distance(f_student, f_target, c, lcfg.reduction)  # CM's CD loss with a robust d
         logs = {"N": float(dc.num_timesteps), "c": float(c), "loss_ct": loss.detach().mean(), "loss_diff": 0.0,
                 "ot_time_s": 0.0}
         return loss, logs

@@ -54,6 +54,7 @@ from lct import checkpoint as ckio
 from lct import distributed as ddist
 from lct.config import BOOKKEEPING_KEYS, ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
 from lct.model import EMA, build_model, load_checkpoint_model, make_optimizer  # noqa: F401 (re-exported)
+from lct.batches import BatchPipeline, DataOrder, step_seed  # noqa: F401 (DataOrder re-exported)
 from lct.data import DataError
 from lct.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
 
@@ -210,51 +211,7 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
-# ----------------------------------------------------------------------------- randomness, data
-
-
-def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
-    """A 63-bit seed for (seed, rank, step, stream): each step's randomness, independent of history."""
-    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class DataOrder:
-    """Epoch permutations laid end to end; global step s takes positions [s B, (s+1) B).
-
-    Rank r takes its contiguous shard [r b, (r+1) b) of the global batch (b = B / world), so the
-    data order is a function of (seed, step) alone and resumes from the step counter.
-    """
-
-    def __init__(self, num_images: int, seed: int, global_batch: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.seed, self.B = num_images, seed, global_batch
-        self.b, self.rank = global_batch // world_size, rank
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(step_seed(self.seed, 0, epoch, stream=0xDA7A))
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return self._perms[epoch]
-
-    def global_indices(self, step: int) -> torch.Tensor:
-        """All B indices of global step `step` (rank r trains on rows [r b, (r+1) b) of them)."""
-        return self._at(torch.arange(self.B, dtype=torch.long) + step * self.B)
-
-    def indices(self, step: int) -> torch.Tensor:
-        return self._at(torch.arange(self.b, dtype=torch.long) + step * self.B + self.rank * self.b)
-
-    def _at(self, pos: torch.Tensor) -> torch.Tensor:
-        epochs = pos // self.n
-        out = torch.empty_like(pos)
-        for e in epochs.unique().tolist():
-            m = epochs == e
-            out[m] = self.perm(e)[pos[m] % self.n]
-        return out
-
-    def state(self, step: int) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": step * self.B // self.n, "position": step * self.B % self.n,
-                "global_batch": self.B}
+# ----------------------------------------------------------------------------- objective, teacher, fast path
 
 
 def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | None = None,
@@ -489,28 +446,22 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                 ckio.prune(run_dir, t.keep_checkpoints)
             ddist.barrier()  # no rank leaves (e.g. on preemption) before the file is complete
 
-        def batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-            """The GLOBAL batch x0 [B], its noise and the objective's generator, seeded by (seed, step) alone:
-            every rank draws the same, and the objective trains on its shard, so W ranks at B/W are the run
-            of one process at B (the OT plan is taken over the global batch, as on the authors' one GPU)."""
-            x0 = data[order.global_indices(step)].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-            noise = torch.randn(x0.shape, generator=torch.Generator(dev).manual_seed(step_seed(t.seed, 0, step)),
-                                device=dev).contiguous(memory_format=memory_format)
-            return x0, noise, torch.Generator().manual_seed(step_seed(t.seed, 0, step, stream=2))
-
-        def forward_backward(step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-            """Loss, gradient norm (device tensors) and logs; backward always runs, so every rank
-            averages its gradients and a non-finite loss shows up in the norm on every rank."""
-            x0, noise, gen = batch(step)
+        def forward_backward(step: int, b) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+            """Loss, gradient norm (device tensors) and logs of the GLOBAL batch `b` (lct.batches: every rank
+            holds the same, seeded by (seed, step) alone, and the objective trains on its shard, so W ranks at
+            B/W are the run of one process at B; the OT plan is taken over the global batch, as on the
+            authors' one GPU). Backward always runs, so every rank averages its gradients and a non-finite
+            loss shows up in the norm on every rank."""
             with _fork_rng(dev):  # dropout and any module randomness: also from (seed, rank, step)
                 torch.manual_seed(step_seed(t.seed, rank, step, stream=1))
-                per_sample, logs = objective(net, x0, noise, step, generator=gen, shard=(rank, world))
+                per_sample, logs = objective(net, b.x0, b.noise, step, generator=b.generator, shard=(rank, world),
+                                             **({"perm": b.perm} if b.perm is not None else {}))
                 loss = per_sample.float().mean()
                 loss.backward()
                 if averager is not None:
                     averager.finish()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # no sync: a tensor
-            return loss.detach(), grad_norm, logs
+            return loss.detach(), grad_norm, {**logs, "ot_solve_s": b.ot_solve_s, "ot_wait_s": b.ot_wait_s}
 
         def update() -> None:
             opt.step()
@@ -524,11 +475,14 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         model.train()
-        with _stop_signals() as stop:
+        pairs_ot = cfg.objective == "consistency" and cfg.loss.ot
+        with _stop_signals() as stop, BatchPipeline(data, order, t.seed, total, dev, ot=pairs_ot, rank=rank,
+                                                    world=world, memory_format=memory_format) as batches:
             for step in range(start, total):
-                loss, grad_norm, logs = forward_backward(step)
-                # The NaN guard: the one host synchronisation of a step (every rank agrees).
-                bad = ddist.any_true(~(torch.isfinite(loss) & torch.isfinite(grad_norm)), dev)
+                loss, grad_norm, logs = forward_backward(step, batches.get(step))
+                # The one host synchronisation of a step: the NaN guard and the stop signal, read together
+                # (all-reduced first under several ranks, so every rank agrees on both).
+                bad, stopping = ddist.any_flags(~(torch.isfinite(loss) & torch.isfinite(grad_norm)), bool(stop))
                 if bad:
                     opt.zero_grad(set_to_none=True)  # skip the step
                     bad_total, bad_run = bad_total + 1, bad_run + 1
@@ -558,7 +512,6 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                     ckio.save_atomic({"kind": "snapshot", "config": cfg.to_dict(), "step": done,
                                       "ema": ema.state_dict(), "data": data_meta},
                                      ckio.snapshot_path(run_dir, done))
-                stopping = ddist.any_true(bool(stop), dev)
                 if (done % t.checkpoint_every == 0 or stopping) and done < total:
                     save(done)
                 if stopping and done < total:

@@ -169,3 +169,32 @@ def test_denoising_objective():
     x0 = torch.randn(4096, 1, 1, 1) * 0.5
     l, _ = DenoisingObjective(cfg)(lambda x, s: (0.25 / (s**2 + 0.25)).view(-1, 1, 1, 1) * x, x0, torch.randn_like(x0), 0)
     assert 0.9 < float(l.mean()) < 1.1
+
+
+def test_as_coded_diffusion_log_is_the_mean_over_selected_samples():
+    """The loss carries b / n_sel (the authors' mean over the selected samples inside a batch mean); the log
+    is that mean itself, not b / n_sel times it (it was 4x too large at b = 8, n_sel = 2)."""
+    cfg = _cfg("slct_as_coded", diffusion_r=0.25, ot=False)
+    rec = Recorder(p=0.0)
+    x0, z = _batch(64)
+    loss, logs = ConsistencyObjective(cfg, 700)(rec, x0, z, 0, torch.Generator().manual_seed(4))
+    xs, ts, _ = rec.calls[0]
+    sel = ts <= S.karras_sigmas(11).float()[2] + 1e-6
+    per = (1 / ts**2 + 1 / cfg.schedule.sigma_data**2) * ((xs * 0.9) - x0).flatten(1).square().mean(1)
+    assert 0 < int(sel.sum()) < 64
+    assert math.isclose(float(logs["loss_diff"]), float(per[sel].mean()), rel_tol=1e-5)
+
+
+def test_given_perm_is_the_one_solved_here():
+    """The loop hands the objective the OT plan it solved one step ahead (lct.batches); the loss is the one
+    the objective gets by solving it itself."""
+    from lct.ot import ot_pair
+
+    cfg = _cfg("slct")
+    torch.manual_seed(0)
+    net = build_model(cfg, 8, 4)
+    x0, z = _batch(16)
+    a, _ = ConsistencyObjective(cfg, 700)(net, x0, z, 3)
+    b, logs = ConsistencyObjective(cfg, 700)(net, x0, z, 3, perm=ot_pair(x0, z))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert logs["ot_time_s"] == 0.0  # solved by the caller
