@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unet-params": ("lct.nn.params", "parameter count of the paper UNet for each norm"),
 }
 
+# Commands that run as cluster jobs with several CPUs per GPU (workflow/profiles/default: cpus_per_gpu).
+JOB_COMMANDS = {"encode", "stats", "train", "sample", "ref-stats", "evaluate", "train-vae", "train-classifier"}
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -35,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lct: unknown command {cmd!r}; run `lct --help` for the list", file=sys.stderr)
         return 2
     module_name, _, *entry = COMMANDS[cmd]
+    if cmd in JOB_COMMANDS:  # in a SLURM job: the job's CPUs, not Snakemake's threads = 1 of a GPU rule
+        import os
+
+        from lct.device import use_job_cpus
+
+        use_job_cpus(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     fn = getattr(importlib.import_module(module_name), entry[0] if entry else "main")
     rc = fn(rest)
     return int(rc or 0)

@@ -75,3 +75,26 @@ def to_host_async(t: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event | No
     event = torch.cuda.Event()
     event.record()
     return out, event
+
+
+def job_cpus(environ: Mapping[str, str] = os.environ) -> int:
+    """CPUs this process may use: its CPU affinity (SLURM confines a job to the cores it was given), else
+    the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def use_job_cpus(ranks: int = 1, environ=os.environ) -> int:
+    """Inside a SLURM job, give this process its share of the job's CPUs (torch's intra-op threads and
+    the OMP/MKL/OpenBLAS variables that child libraries read): Snakemake sets them to the rule's
+    `threads` (1 for GPU rules, whose CPUs come from cpus_per_gpu). Outside SLURM (a laptop, the demo,
+    the tests) nothing changes. Returns the thread count in use."""
+    if "SLURM_JOB_ID" not in environ:
+        return torch.get_num_threads()
+    n = max(1, job_cpus(environ) // max(1, ranks))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        environ[var] = str(n)
+    torch.set_num_threads(n)
+    return n

@@ -209,7 +209,41 @@ def main(argv: list[str] | None = None) -> int:
               f"{pl['runtime_min'] / 60:g} h | {pl['retries']} |")
     print(f"\nretries = segments - 1 + {SPARE_RETRIES} spare; the training rule takes the largest "
           f"({max((pl['retries'] for pl in plans.values()), default=SPARE_RETRIES)}).")
+    print_memory(cfg, exps, sizes)
     return 0
+
+
+def print_memory(cfg: dict[str, Any], exps: dict[str, Any], sizes: dict[str, int]) -> None:
+    """Peak memory per stage for 40 and 80 GB cards (lct.memory: measured per-image figures, exact state)."""
+    from lct.memory import HEADROOM, stage_table
+
+    # The paper's run: the first consistency row of Table 1a with the paper UNet (latent CelebA-HQ 256).
+    rows1a = [r["experiment"] for r in cfg.get("tables", {}).get("table1a", {}).get("rows", []) if r.get("experiment")]
+    cands = [n for n in rows1a if n in exps and exps[n].objective == "consistency" and sizes.get(exps[n].dataset)
+             and exps[n].network.size == "paper"]
+    if not cands:
+        return
+    name, c = cands[0], exps[cands[0]]
+    from lct.model import build_model
+
+    import torch
+
+    with torch.device("meta"):  # the parameter count without allocating the weights
+        params = sum(p.numel() for p in build_model(c, 32, 4).parameters())
+    data_gb = sizes[c.dataset] * 4 * 32 * 32 * 4 / 2**30  # latents held on the device (lct.train)
+    precision = c.train.precision if c.train.precision in ("fp32", "bf16") else "bf16 (auto on CUDA)"
+    print(f"\nPeak memory per GPU ({name}: {params / 1e6:.1f}M parameters, batch {c.train.batch_size}, "
+          f"EMAs {len(c.train.ema_decays)}, latents on the device {data_gb:.2f} GB; evaluation batch "
+          f"{cfg['evaluation'].get('batch_size', 250)}; per-image figures measured by benchmarks/memory.py on a "
+          f"CPU, lct/memory.py):\n")
+    print("| stage | peak GB | 40 GB card | 80 GB card |")
+    print("| --- | ---: | --- | --- |")
+    for r in stage_table(params, c.train.batch_size, len(c.train.ema_decays),
+                         "bf16" if precision.startswith("bf16") else "fp32", data_gb,
+                         int(cfg["evaluation"].get("batch_size", 250))):
+        print(f"| {r['stage']} | {r['gb']:.1f} | {r['40GB']} | {r['80GB']} |")
+    print(f"\nEvaluation stages over a card run in sub-batches that fit {HEADROOM:.0%} of its free memory "
+          "(lct.memory.fit_batch): the evaluation batch stays the same, nothing to set.")
 
 
 if __name__ == "__main__":

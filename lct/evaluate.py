@@ -62,10 +62,9 @@ def apply_image_format(images: np.ndarray, image_format: str, quality: int = DEF
         return images
     if image_format != "jpeg":
         raise ValueError(f"--image-format {image_format!r}; choose one of {IMAGE_FORMATS}")
-    from concurrent.futures import ThreadPoolExecutor
+    from lct.metrics import image_pool
 
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(images)))) as pool:
-        decoded = list(pool.map(lambda im: _jpeg_round_trip(im, quality), images))
+    decoded = list(image_pool().map(lambda im: _jpeg_round_trip(im, quality), images))  # the job's CPUs
     return np.stack(decoded).reshape(images.shape)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lct._compat import ensure_torchvision
+from lct.memory import fit_batch
 
 ensure_torchvision()  # clean-fid imports torchvision at module level
 from cleanfid import fid as _cfid  # noqa: E402
@@ -119,9 +120,30 @@ class FeatureExtractor:
             raise ValueError(f"{self.name}: expected uint8 [B, H, W, C], got {images.dtype} {images.shape}")
         if images.shape[-1] == 1:  # clean-fid opens every file with .convert('RGB')
             images = np.repeat(images, 3, axis=-1)
-        batch = np.stack([np.asarray(self.fn_resize(im), np.float32).transpose(2, 0, 1) for im in images])
-        feats = self.model_fn(torch.from_numpy(batch).to(self.device))
-        return feats.detach().float().cpu().numpy()
+        # clean-fid's resizers (PIL / torch, both release the GIL) on a pool of the job's CPUs
+        batch = np.stack(list(image_pool().map(lambda im: np.asarray(self.fn_resize(im), np.float32).transpose(2, 0, 1),
+                                          images)))
+        # Its own batch on the device (lct.memory): what fits the card's free memory
+        step = fit_batch("vgg16" if "vgg" in self.name else "inception", len(batch), self.device, batch.shape[-1])
+        feats = [self.model_fn(torch.from_numpy(batch[i : i + step]).to(self.device)).detach().float().cpu()
+                 for i in range(0, len(batch), step)]
+        return torch.cat(feats).numpy()
+
+
+_POOL = None
+
+
+def image_pool():
+    """One thread pool per process for the per-image work of an evaluation (resize, JPEG), sized from the
+    CPUs the job was given (lct.device.job_cpus)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from lct.device import job_cpus
+
+        _POOL = ThreadPoolExecutor(max_workers=job_cpus(), thread_name_prefix="lct-images")
+    return _POOL
 
 
 # File names the upstreams give the pretrained extractors (lct.fetch.ASSETS places them).

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lct.memory import fit_batch
+
 SD_SCALE = 0.18215  # Stable Diffusion's latent scale factor
 STANDARDIZE_STD = 0.5  # authors' code: standardized latents scaled to std 0.5 (= sigma_data)
 NORMALIZATIONS = ("standardize", "sd_scale")
@@ -251,8 +253,10 @@ class VAECodec:
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
         out = []
-        for i in range(0, len(z), self.batch_size):
-            raw = self.normalizer.denormalize(z[i : i + self.batch_size].to(self.device))
+        # Its own batch: the evaluation's 250 images at 256x256 in fp32 need ~53 GB (lct.memory).
+        step = fit_batch(f"decode_{self.decode_precision}", self.batch_size, self.device, 8 * self.latent_shape[-1])
+        for i in range(0, len(z), step):
+            raw = self.normalizer.denormalize(z[i : i + step].to(self.device))
             # bf16: the decoder under autocast, its output back in float32 before the uint8 rounding
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decode_precision == "bf16"):
                 x = self.vae.decode(raw).sample
