@@ -402,3 +402,22 @@ def test_non_finite_weights_or_emas_are_never_saved(tmp_path, capsys, monkeypatc
     assert T.main(["--config", str(cfg), "--data", str(data), "--run-dir", str(run), "--quiet"]) == T.EXIT_BAD_STEPS
     assert "non-finite weights at step 2 (ema[" in capsys.readouterr().err
     assert not (run / "final.pt").exists() and not list((run / "checkpoints").glob("ckpt-*.pt"))
+
+
+def test_stop_budget_agrees_with_the_profile():
+    """The profile signals SIGTERM N s before the limit; torchrun's grace must fit inside it, and hold the
+    paper checkpoint (2.5 GB) at the assumed slow write speed plus a step."""
+    import re
+
+    import yaml
+
+    prof = yaml.safe_load((Path(__file__).parents[1] / "workflow/profiles/default/config.yaml").read_text())
+    lead = int(re.search(r"--signal=(?:B:)?TERM@(\d+)", prof["set-resources"]["train"]["slurm_extra"]).group(1))
+    assert 2.5 * 1024 / T.ASSUMED_WRITE_MB_S + 10 < T.SHUTDOWN_TIMEOUT_S <= lead - 30
+
+
+def test_torchrun_gets_the_grace(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("os.execv", lambda exe, cmd: seen.setdefault("cmd", cmd))
+    T.launch_torchrun(["--config", "c.yaml", "--gpus", "4"], 4)
+    assert f"--shutdown-timeout={T.SHUTDOWN_TIMEOUT_S}" in seen["cmd"] and "--gpus" not in seen["cmd"]
