@@ -120,3 +120,16 @@ def test_unet_params_command(capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert set(rows) == set(NORMS)
     assert rows["nsln"][1] == "0" and rows["group"][1] != "0"
+
+
+def test_rms_norm_epsilon_is_the_dtypes_machine_epsilon():
+    """Table 2d's RMS cell: torch.nn.RMSNorm(eps=None), as the authors' code builds it (no eps argument)."""
+    import torch
+
+    from lct.nn.norms import make_norm
+
+    m = make_norm("rms", 8, 4)
+    assert m.eps is None
+    x = torch.full((1, 8, 4, 4), 1e-2)
+    y = m(x)  # eps 1e-5 would give 1e-2 / sqrt(1e-4 + 1e-5) = 0.953; machine eps (1.2e-7) gives 0.9994
+    assert torch.allclose(y, torch.ones_like(y), atol=1e-3)

@@ -5,7 +5,8 @@
   keeps at least 4 channels where possible.
 - instance: InstanceNorm (one group per channel) with a per-channel affine.
 - layer: LayerNorm over (C, H, W) jointly with a per-element affine [C, H, W].
-- rms: RMSNorm over (C, H, W) with a per-element scale [C, H, W] (no centering, no bias).
+- rms: RMSNorm over (C, H, W) with a per-element scale [C, H, W] (no centering, no bias), eps the
+  dtype's machine epsilon (torch.nn.RMSNorm's default, as the authors build it).
 - nsln: Non-scaling LayerNorm (eq. 12): LN over (C, H, W) with gamma fixed to 1 -- there is no
   scale parameter at all -- and a learned per-element bias [C, H, W] (authors' code, eps 1e-5).
 - nsgn, nsin: the non-scaling GroupNorm / InstanceNorm the paper's conclusion proposes: the
@@ -72,7 +73,8 @@ def _layer(c: int, r: int) -> nn.Module:
 
 
 def _rms(c: int, r: int) -> nn.Module:
-    return nn.RMSNorm([c, r, r], eps=EPS)
+    # eps=None: the input dtype's machine epsilon, as the authors' torch.nn.RMSNorm(...) without eps (Table 2d)
+    return nn.RMSNorm([c, r, r], eps=None)
 
 
 def _nsln(c: int, r: int) -> nn.Module:
