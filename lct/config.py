@@ -91,6 +91,8 @@ class TrainConfig:
     snapshot_every: int | None = None  # Save EMA weights every N steps for evaluation over training (Figure 3).
     log_every: int = 100  # Append to log.jsonl every N steps.
     max_bad_steps: int = 10  # Stop after this many consecutive non-finite losses.
+    nan_lr_halving: int | None = None  # After more than N skipped non-finite steps (since the last halving), halve the lr (authors' nan_count); None: never.
+    length_rule: str = "ceil"  # Epochs to iterations: "ceil" (K = steps = ceil(epochs N / B)) or "authors_loop" (K = (N // B) epochs for the schedules, (N // B) (epochs + 1) steps run, as train_cm_latent.py).
     num_workers: int = 0  # Data loader workers.
 
 
@@ -150,6 +152,7 @@ _SLCT_AS_CODED = copy.deepcopy(_SLCT)
 _SLCT_AS_CODED["loss"].update(
     {"reduction": "mean", "c": "as_coded", "diffusion_variant": "as_coded", "diffusion_weight": 5.0}
 )  # the same as `slct` under the as_coded reading, whatever the reading
+_SLCT_AS_CODED.setdefault("train", {}).update({"length_rule": "authors_loop", "nan_lr_halving": 100})
 _LDM_VE = {
     "objective": "denoising",
     "network": {"norm": "group", "noise_conditioning": "edm"},
@@ -191,6 +194,9 @@ READINGS: dict[str, dict[str, Any]] = {
     "as_coded": {
         "loss": {"reduction": "mean", "diffusion_variant": "as_coded", "diffusion_weight": 5.0},
         "scaled_c": "as_coded",
+        # their loop: K = (N // B) epochs sets the schedules, range(epochs + 1) passes run; NaN steps skipped
+        # and the lr halved after more than 100 of them (train_cm_latent.py)
+        "train": {"length_rule": "authors_loop", "nan_lr_halving": 100},
     },
 }
 DEFAULT_READING = "paper_text"  # the dataclass defaults; the workflow configs always name theirs
@@ -278,12 +284,17 @@ def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str
     t = cfg.train
     n = t.num_images or num_images
     if t.total_steps is not None:
-        k_total = int(t.total_steps)
+        k_total = steps = int(t.total_steps)
+    elif n and t.length_rule == "authors_loop":
+        # train_cm_latent.py: total_training_steps = ceil(len // B) * epochs (the schedules' K); the loop
+        # `for epoch in range(init_epoch, epochs + 1)` with drop_last runs epochs + 1 passes of len // B
+        per_epoch = max(1, n // t.batch_size)
+        k_total, steps = per_epoch * int(math.ceil(float(t.epochs))), per_epoch * (int(math.ceil(float(t.epochs))) + 1)
     elif n:
-        k_total = max(1, math.ceil(float(t.epochs) * n / t.batch_size))
+        k_total = steps = max(1, math.ceil(float(t.epochs) * n / t.batch_size))
     else:
         return None
-    out: dict[str, Any] = {"images": n, "iterations": k_total}
+    out: dict[str, Any] = {"images": n, "iterations": k_total, "steps": steps}
     if cfg.schedule.curriculum == "exp" and cfg.objective == "consistency":
         out["curriculum"] = [{"from_iteration": k, "N": nk} for k, nk in S.curriculum_stages(k_total, cfg.schedule)]
     return out
@@ -330,6 +341,9 @@ def save_experiment(cfg: ExperimentConfig, path: str | Path, note: str | None = 
     if length is not None:
         header = (f"# Derived (lct.config.run_length): {length['images'] or 'all'} training images, "
                   f"{length['iterations']:,} iterations")
+        if length["steps"] != length["iterations"]:
+            header += (f" (K of the schedules); {length['steps']:,} optimizer steps run "
+                       f"(train.length_rule {cfg.train.length_rule})")
         if "curriculum" in length:
             header += "\n# Curriculum (eq. 10): " + ", ".join(
                 f"N={c['N']} from {c['from_iteration']:,}" for c in length["curriculum"])
@@ -410,6 +424,7 @@ CHOICES: dict[str, set[str]] = {
     "loss.reduction": {"sum", "mean"},
     "loss.c": {"fixed", "adaptive", "as_coded"},
     "loss.diffusion_variant": {"paper", "as_coded"},
+    "train.length_rule": {"ceil", "authors_loop"},
     "train.optimizer": {"radam", "adam"},
     "train.precision": {"fp32", "bf16", "auto"},
 }
@@ -450,6 +465,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.snapshot_every": (1, None, True, False),
     "train.log_every": (1, None, True, False),
     "train.max_bad_steps": (1, None, True, False),
+    "train.nan_lr_halving": (1, None, True, False),
     "train.num_workers": (0, None, True, False),
     "sample.two_step_index": (0, None, True, False),
     "sample.two_step_grid": (2, None, True, False),

@@ -26,6 +26,7 @@ def num_timesteps_exp(k: int, K: int, s0: int = 10, s1: int = 640) -> int:
 def num_timesteps_sqrt(k: int, K: int, s0: int = 2, s1: int = 150) -> int:
     """Original CM curriculum (Song et al. 2023, appendix C)."""
     # N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1
+    k = min(k, K)  # steps past K (train.length_rule authors_loop runs one more epoch) stay at s1
     return int(math.ceil(math.sqrt(k / max(K, 1) * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1)) + 1
 
 

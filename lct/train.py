@@ -201,10 +201,18 @@ def check_data_dir(path: str | Path) -> Path:
 
 
 def total_steps_for(cfg: ExperimentConfig, num_images: int) -> int:
-    """train.total_steps, or train.epochs x N / batch rounded up."""
-    if cfg.train.total_steps is not None:
-        return int(cfg.train.total_steps)
-    return max(1, math.ceil(float(cfg.train.epochs) * num_images / cfg.train.batch_size))
+    """Optimizer steps the run takes: train.total_steps, or from train.epochs by train.length_rule
+    (lct.config.run_length)."""
+    from lct.config import run_length
+
+    return int(run_length(cfg, num_images)["steps"])
+
+
+def schedule_steps_for(cfg: ExperimentConfig, num_images: int) -> int:
+    """K of the schedules (curriculum, c): equal to the steps run, except under length_rule authors_loop."""
+    from lct.config import run_length
+
+    return int(run_length(cfg, num_images)["iterations"])
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -379,12 +387,12 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         configure_fast_path(model, fast, dev)
         ema = EMA(model, t.ema_decays)
         opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-        objective = make_objective(cfg, total, resources, teacher_net)
+        objective = make_objective(cfg, schedule_steps_for(cfg, n), resources, teacher_net)
         order = DataOrder(n, t.seed, t.batch_size, rank, world)
         data_meta = {"path": str(data_path), "shape": shape, "info": ckio.plain(info)}
         log = JsonlLog(run_dir / "log.jsonl")
 
-        start, bad_total, bad_run = 0, 0, 0
+        start, bad_total, bad_run, bad_since_halving = 0, 0, 0, 0
         # The newest checkpoint that loads; damaged ones are moved aside (by rank 0) and named in the log.
         latest, state = ckio.load_latest(run_dir, move_damaged=dinfo.is_main,
                                          say=lambda m: print(m, file=sys.stderr, flush=True))
@@ -399,6 +407,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             start = int(state["step"])
             bad_total = int(state["bad_steps"]["total"])
             bad_run = int(state["bad_steps"]["consecutive"])
+            bad_since_halving = int(state["bad_steps"].get("since_lr_halving", 0))
             if rank == 0:
                 ckio.set_rng_state(state["rng"], dev)
         if dinfo.is_main:
@@ -450,7 +459,8 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                     "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": ckio.rng_state(dev),
                     "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
                     "data": {**data_meta, **order.state(step)}, "world_size": world,
-                    "bad_steps": {"total": bad_total, "consecutive": bad_run}}, ckio.ckpt_path(run_dir, step))
+                    "bad_steps": {"total": bad_total, "consecutive": bad_run, "since_lr_halving": bad_since_halving}},
+                    ckio.ckpt_path(run_dir, step))
                 ckio.prune(run_dir, t.keep_checkpoints)
             ddist.barrier()  # no rank leaves (e.g. on preemption) before the file is complete
 
@@ -493,7 +503,17 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                 bad, stopping = ddist.any_flags(~(torch.isfinite(loss) & torch.isfinite(grad_norm)), bool(stop))
                 if bad:
                     opt.zero_grad(set_to_none=True)  # skip the step
-                    bad_total, bad_run = bad_total + 1, bad_run + 1
+                    bad_total, bad_run, bad_since_halving = bad_total + 1, bad_run + 1, bad_since_halving + 1
+                    if t.nan_lr_halving is not None and bad_since_halving > t.nan_lr_halving:
+                        # the authors' nan_count block: more than N skipped steps -> lr / 2, count from zero
+                        for g in opt.param_groups:
+                            g["lr"] /= 2
+                        bad_since_halving = 0
+                        if dinfo.is_main:
+                            print(f"lct train: {t.nan_lr_halving + 1} non-finite steps since the last halving at "
+                                  f"step {step}: lr halved to {opt.param_groups[0]['lr']:g}", file=sys.stderr, flush=True)
+                            log.write({"step": step + 1, "event": "lr_halved", "lr": opt.param_groups[0]["lr"],
+                                       "bad_steps": bad_total, "time": time.time()})
                     if bad_run >= t.max_bad_steps:
                         last = ckio.latest_checkpoint(run_dir)
                         raise BadStepsError(

@@ -90,6 +90,9 @@ def test_two_readings_of_the_paper():
     assert (text.loss.reduction, text.loss.c, text.loss.diffusion_variant, text.loss.diffusion_weight) == (
         "sum", "adaptive", "paper", 1.0)
     assert coded.network.norm == text.network.norm == "nsln"
+    # their loop's length and NaN handling (train_cm_latent.py); the text states neither, so it keeps ours
+    assert (coded.train.length_rule, coded.train.nan_lr_halving) == ("authors_loop", 100)
+    assert (text.train.length_rule, text.train.nan_lr_halving) == ("ceil", None)
     # slct under the as_coded reading is exactly the explicit slct_as_coded preset
     explicit = resolve_experiment("slct_as_coded", LEN, name="s", reading="paper_text")
     assert {**coded.to_dict(), "preset": None} == {**explicit.to_dict(), "preset": None}

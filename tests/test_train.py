@@ -179,8 +179,9 @@ def test_nan_guard_skips_and_stops(tmp_path, monkeypatch, capsys):
 
 
 def test_training_split_sets_the_iteration_count(tmp_path, capsys):
-    """datasets.<d>.train_split: the first N images train; epochs count over N (the authors' 27,000 of
-    CelebA-HQ give K = ceil(1400 x 27,000 / 128) = 295,313 and its curriculum stages)."""
+    """datasets.<d>.train_split: the first N images train; epochs count over N. Under the as_coded reading
+    (train.length_rule authors_loop) the authors' 27,000 of CelebA-HQ give, as train_cm_latent.py, the
+    schedules' K = (27,000 // 128) x 1,400 = 294,000 (stages of 42,000) and 1,401 passes = 294,210 steps."""
     from lct.config import resolve_workflow_experiment, run_length
 
     wf = {"reading": "as_coded", "defaults": {}, "datasets": {"celebahq256": {"train_split": {"count": 27000}}},
@@ -188,12 +189,16 @@ def test_training_split_sets_the_iteration_count(tmp_path, capsys):
                                             "overrides": {"train": {"epochs": 1400}}}}}
     cfg = resolve_workflow_experiment(wf, "celebahq_slct")
     length = run_length(cfg)
-    assert cfg.train.num_images == 27000 and length["iterations"] == 295_313
+    assert cfg.train.num_images == 27000 and length["iterations"] == 294_000 and length["steps"] == 294_210
     assert [c["N"] for c in length["curriculum"]] == [11, 21, 41, 81, 161, 321, 641]
-    assert length["curriculum"][1]["from_iteration"] == 295_313 // 7
+    assert length["curriculum"][1]["from_iteration"] == 42_000
     save_experiment(cfg, tmp_path / "c.yaml")
     head = (tmp_path / "c.yaml").read_text().splitlines()[:2]
-    assert "27000 training images, 295,313 iterations" in head[0] and "N=641 from 253,122" in head[1]
+    assert "27000 training images, 294,000 iterations (K of the schedules); 294,210 optimizer steps run" in head[0]
+    assert "N=641 from 252,000" in head[1]
+    # the paper-text reading: K = steps = ceil(1400 x 27,000 / 128)
+    text = resolve_workflow_experiment({**wf, "reading": "paper_text"}, "celebahq_slct")
+    assert run_length(text)["iterations"] == run_length(text)["steps"] == 295_313
     # lct train uses only the first N images and counts epochs over them
     data = make_dataset(tmp_path, n=16)
     path = make_experiment(tmp_path, preset="ilct", total_steps=None, epochs=2, num_images=10, batch_size=4,
@@ -421,3 +426,22 @@ def test_torchrun_gets_the_grace(monkeypatch):
     monkeypatch.setattr("os.execv", lambda exe, cmd: seen.setdefault("cmd", cmd))
     T.launch_torchrun(["--config", "c.yaml", "--gpus", "4"], 4)
     assert f"--shutdown-timeout={T.SHUTDOWN_TIMEOUT_S}" in seen["cmd"] and "--gpus" not in seen["cmd"]
+
+
+def test_nan_steps_halve_the_lr_after_more_than_n(tmp_path, monkeypatch):
+    """The authors' nan_count block: non-finite steps are skipped and counted; more than
+    train.nan_lr_halving of them since the last halving halve the lr (logged) and the count restarts."""
+    data = make_dataset(tmp_path, n=16)
+    real = T.make_objective
+    monkeypatch.setattr(T, "make_objective",
+                        lambda cfg, total, resources=None, teacher=None: NaNAt(real(cfg, total, resources, teacher),
+                                                                               {1, 3, 4, 6, 7}))
+    cfg_path = make_experiment(tmp_path, preset="ilct", total_steps=10, log_every=10, batch_size=4, lr=1e-3,
+                               nan_lr_halving=2, checkpoint_every=5)
+    run = tmp_path / "run"
+    assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run), "--quiet"]) == 0
+    events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"event"' in x]
+    assert [(e["step"], e["lr"]) for e in events] == [(5, 5e-4)]  # the 3rd bad step (step 4); 6, 7: two more
+    ckpt = torch.load(run / "checkpoints" / "ckpt-00000010.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == 5e-4 and ckpt["bad_steps"]["since_lr_halving"] == 2
+    assert ckpt["bad_steps"]["total"] == 5
