@@ -43,7 +43,8 @@ def posterior_eps(shape: tuple[int, ...], seed: int, first_index: int) -> torch.
                         for j in range(shape[0])])
 
 
-def _finished(out: Path, plan: dict[str, Any], normalization: str) -> dict[str, Any] | None:
+def _finished(out: Path, plan: dict[str, Any], normalization: str, stats_count: int | None = None
+              ) -> dict[str, Any] | None:
     """latents.json of a completed encode of the same VAE, data and posterior (norm refitted if the mode changed)."""
     f = out / "latents.json"
     if not (f.is_file() and (out / "latents.npy").is_file()):
@@ -52,10 +53,11 @@ def _finished(out: Path, plan: dict[str, Any], normalization: str) -> dict[str, 
     if (meta.get("vae_abs"), meta.get("data_abs"), meta.get("count"), meta.get("posterior", "mean"),
             meta.get("posterior_seed")) != (plan["vae"], plan["data"], plan["count"], plan["posterior"], plan["seed"]):
         return None
-    if meta.get("normalization") != normalization or not (out / "norm.npz").is_file():
-        norm = LatentNormalizer.fit(np.load(out / "latents.npy", mmap_mode="r"), normalization)
+    if (meta.get("normalization"), meta.get("stats_count")) != (normalization, stats_count) or \
+            not (out / "norm.npz").is_file():
+        norm = LatentNormalizer.fit(np.load(out / "latents.npy", mmap_mode="r"), normalization, count=stats_count)
         norm.save(out / "norm.npz")
-        meta.update(normalization=normalization, scale=norm.scale, target_std=norm.target_std)
+        meta.update(normalization=normalization, scale=norm.scale, target_std=norm.target_std, stats_count=stats_count)
         tmp = out / "latents.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(f)
@@ -65,7 +67,7 @@ def _finished(out: Path, plan: dict[str, Any], normalization: str) -> dict[str, 
 @torch.no_grad()
 def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, normalization: str = "standardize",
                    batch_size: int = 64, shard_size: int = 2048, device: str | None = None,
-                   posterior: str = "mean", seed: int = 0) -> dict[str, Any]:
+                   posterior: str = "mean", seed: int = 0, stats_count: int | None = None) -> dict[str, Any]:
     """Encode ``data/images.npy`` with the VAE in `vae_dir` into `out`; returns a summary.
 
     The summary's ``encoded_shards`` lists the shard indices encoded by THIS call (resume check).
@@ -92,7 +94,7 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
     # Shards from a different run (other VAE, data or shard size) must not be mixed in.
     plan = {"vae": str(Path(vae_dir).resolve()), "data": str(data.resolve()), "count": n, "shard_size": shard_size,
             "posterior": posterior, "seed": seed if posterior == "sample" else None}
-    done = _finished(out, plan, normalization)
+    done = _finished(out, plan, normalization, stats_count)
     if done is not None:
         return {**done, "encoded_shards": []}
     plan_file = out / "shards" / "plan.json"
@@ -132,14 +134,14 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
     del arr
     tmp.replace(out / "latents.npy")
     latents = np.load(out / "latents.npy", mmap_mode="r")
-    norm = LatentNormalizer.fit(latents, normalization)
+    norm = LatentNormalizer.fit(latents, normalization, count=stats_count)
     norm.save(out / "norm.npz")
     prev = json.loads((out / "latents.json").read_text()) if (out / "latents.json").is_file() else {}
     meta = {
         "vae": str(vae_dir), "vae_abs": str(Path(vae_dir).resolve()), "data": str(data), "data_abs": str(data.resolve()), "count": n,
         "latent_shape": list(shape[1:]), "image_shape": [h, w, c], "posterior": posterior,
         "posterior_seed": plan["seed"],
-        "normalization": normalization, "scale": norm.scale, "target_std": norm.target_std,
+        "normalization": normalization, "scale": norm.scale, "target_std": norm.target_std, "stats_count": stats_count,
         "shard_size": shard_size, "num_shards": num_shards,
         "posterior_std_mean": (std_sum / max(1, sum(min(n, (i + 1) * shard_size) - i * shard_size for i in encoded)))
         if encoded else prev.get("posterior_std_mean"),
@@ -163,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--posterior", default="mean", choices=POSTERIORS,
                     help="sample: one seeded draw per image (the authors' latents); mean: the posterior mean")
+    ap.add_argument("--stats-count", type=int, default=None,
+                    help="normalization statistics over the first N latents (the training split; default: all)")
     ap.add_argument("--seed", type=int, default=0, help="--posterior sample: image i draws from seed (seed, i)")
     a = ap.parse_args(argv)
     try:
         s = encode_dataset(a.data, a.vae, a.out, a.normalization, a.batch_size, a.shard_size, a.device,
-                           a.posterior, a.seed)
+                           a.posterior, a.seed, a.stats_count)
     except VAEError as e:
         print(f"lct encode: {e}", file=sys.stderr)
         return 1

@@ -194,8 +194,10 @@ class Rules:
     def encode_args(self, wildcards) -> str:
         """`lct encode` flags: the VAE, datasets.<name>.normalization and .posterior (the paper: one seeded sample)."""
         d = self.config["datasets"][wildcards.dataset]
+        split = (d.get("train_split") or {}).get("count")  # statistics over the training split (extract_stat.py)
         return (f"--vae {self.vae_dir(d['vae'])} --normalization {d.get('normalization', 'standardize')} "
-                f"--posterior {d.get('posterior', 'mean')} --seed {d.get('posterior_seed', 0)}")
+                f"--posterior {d.get('posterior', 'mean')} --seed {d.get('posterior_seed', 0)}"
+                + (f" --stats-count {split}" if split else ""))
 
     def encode_inputs(self, wildcards) -> dict[str, str]:
         vae = self.config["datasets"][wildcards.dataset]["vae"]

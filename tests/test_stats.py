@@ -56,7 +56,7 @@ def test_stats_data_cli(tmp_path):
     assert res["pixel"]["median"] == np.percentile(pix, 50) and res["pixel"]["n"] == pix.size
     z = LatentNormalizer.fit(raw, "standardize").normalize(torch.from_numpy(raw)).numpy().astype(np.float64)
     assert res["latent"]["q3"] == pytest.approx(np.percentile(z, 75), rel=1e-6)
-    assert res["latent"]["std"] == pytest.approx(0.5, rel=1e-3)
+    assert res["latent"]["std"] == pytest.approx(0.5 * np.sqrt(49 / 50), rel=1e-3)  # per element std 0.5 with Bessel (50 latents)
     # --max-values: a seeded random subsample of the values
     assert stats_main(["data", "--latents", str(tmp_path / "lat"), "--pixels", str(tmp_path / "pix"),
                        "--max-values", "1000", "--out", str(out)]) == 0

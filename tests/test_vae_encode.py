@@ -75,7 +75,7 @@ def test_interrupted_encode_resumes_and_round_trips(demo, tmp_path, monkeypatch)
     z, info = load_training_data(out)
     assert z.shape == (N, 4, 8, 8) and info["kind"] == "latents"
     assert z.mean(0).abs().max() < 1e-4
-    assert torch.allclose(z.std(0, unbiased=False), torch.full((4, 8, 8), 0.5), atol=1e-3)
+    assert torch.allclose(z.std(0, unbiased=True), torch.full((4, 8, 8), 0.5), atol=1e-3)
 
     # Round trip: decode(normalized latents) is within the VAE's own reconstruction error.
     codec = load_codec(out)
@@ -173,3 +173,24 @@ def test_bf16_decoding_is_opt_in_and_close(demo, tmp_path):
     assert 0 < diff.mean() < 2.0 and diff.max() <= 32, (diff.mean(), diff.max())
     with pytest.raises(VAEError, match="decode precision"):
         load_codec(out, device="cpu", decode_precision="fp16")
+
+
+def test_normalization_statistics_over_the_training_split_with_bessel():
+    """As the authors' extract_stat.py: torch.std_mean over the training split's latents (Bessel-corrected)."""
+    import numpy as np
+    import torch
+
+    from lct.vae import SD_SCALE, LatentNormalizer
+
+    raw = np.random.default_rng(0).normal(2.0, 3.0, size=(40, 4, 2, 2)).astype(np.float32)
+    norm = LatentNormalizer.fit(raw, "standardize", chunk=7, count=30)
+    std, mean = torch.std_mean(torch.from_numpy(raw[:30]).double() * SD_SCALE, dim=0)
+    np.testing.assert_allclose(norm.mean, mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(norm.std, std.numpy(), rtol=1e-6)  # torch.std: unbiased (n - 1)
+    assert not np.allclose(LatentNormalizer.fit(raw, "standardize").std, norm.std, rtol=1e-3)  # all 40 differ
+    import pytest
+
+    from lct.vae import VAEError
+
+    with pytest.raises(VAEError, match="train_split.count"):
+        LatentNormalizer.fit(raw, "standardize", count=41)
