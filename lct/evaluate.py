@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-precision", choices=["fp32", "bf16"], default="fp32",
                    help="VAE decoding: fp32 (the authors' scoring, default) or bf16 autocast (faster on GPUs; "
                         "changes pixels by about one level, so the FID is not the authors' protocol)")
+    p.add_argument("--to-uint8", choices=["round", "truncate"], default="round",
+                   help="samples to 8-bit: round to the nearest level, or truncate as the authors' scoring script")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     t0 = time.time()
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     extractors, fd, rec = build_suite(a.feature, modes, a.resources, device, str(ref["recall_feature"]))
     model, cfg, info = load_checkpoint_model(a.checkpoint, ema=a.ema, device=device)
     codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size,
-                       decode_precision=a.decode_precision)
+                       decode_precision=a.decode_precision, to_uint8_rule=a.to_uint8)
     trained = list((info.get("data") or {}).get("shape") or [])[1:] if isinstance(info, dict) else []
     if trained and list(codec.latent_shape) != trained:  # before a single sample is drawn
         raise SystemExit(f"lct evaluate: {a.checkpoint} was trained on data of shape {trained} but --data {a.data} "
@@ -447,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     key = {"checkpoint_sha256": ckpt_sha, "ema": a.ema, "nfe": a.nfe, "seed_offset": a.seed_offset,
            "num_samples": a.num_samples, "shard_size": a.shard_size, "image_format": a.image_format,
            "jpeg_quality": a.jpeg_quality, "codec": codec_fingerprint(a.data, a.vae),
-           "decode_precision": a.decode_precision,
+           "decode_precision": a.decode_precision, "to_uint8": a.to_uint8,
            "extractors": {n: extractor_fingerprint(n, a.resources) for n in sorted(extractors)}}
     # (the FID reference enters only the final distance, not the cached features)
     res = run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache_dir, key, a.image_format,
@@ -456,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "experiment": a.experiment, "nfe": a.nfe, "ema": a.ema, "num_samples": a.num_samples,
         "seeds": [seeds[0], seeds[-1]], "feature": a.feature, "image_format": a.image_format,
-        "decode_precision": a.decode_precision,
+        "decode_precision": a.decode_precision, "to_uint8": a.to_uint8,
         "jpeg_quality": a.jpeg_quality if a.image_format == "jpeg" else None,
         "fid": res["fid"], "metric_name": SUITES[a.feature]["metric_name"],
         "precision": res["precision"], "recall": res["recall"], "recall_k": a.recall_k,

@@ -145,9 +145,20 @@ def to_model_space(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (rounded, clipped)."""
-    return ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+TO_UINT8 = ("round", "truncate")
+
+
+def to_uint8(x: torch.Tensor, rule: str = "round") -> np.ndarray:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]. `round`: nearest level; `truncate`: the authors'
+    `(clamp((x + 1) / 2, 0, 1) * 255).to(uint8)` (test_cm_latent_ddp.py), which rounds down."""
+    x = x.detach().float().cpu()
+    if rule == "truncate":
+        y = ((x + 1.0) / 2.0).clamp(0, 1) * 255
+    elif rule == "round":
+        y = ((x + 1.0) * 127.5).round().clamp(0, 255)
+    else:
+        raise VAEError(f"to_uint8 rule {rule!r}: choose one of {TO_UINT8} (evaluation.to_uint8)")
+    return y.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 @torch.no_grad()
@@ -222,15 +233,15 @@ def train_tiny_vae(images: np.ndarray, out_dir: str | Path, steps: int = 600, ba
 class PixelCodec:
     """Identity codec of a pixel dataset: uint8 NHWC <-> [-1, 1] NCHW."""
 
-    def __init__(self, latent_shape: tuple[int, int, int]):
+    def __init__(self, latent_shape: tuple[int, int, int], to_uint8_rule: str = "round"):
         self.latent_shape = tuple(latent_shape)
-        self.kind = "pixels"
+        self.kind, self.to_uint8_rule = "pixels", to_uint8_rule
 
     def encode(self, images: np.ndarray) -> torch.Tensor:
         return to_model_space(np.asarray(images))
 
     def decode(self, z: torch.Tensor) -> np.ndarray:
-        return to_uint8(z)
+        return to_uint8(z, self.to_uint8_rule)
 
 
 # VAE decoding in evaluation: fp32 (the authors' scoring, the default) or bf16 autocast (faster on GPUs;
@@ -242,7 +253,9 @@ class VAECodec:
     """uint8 NHWC -> posterior mean -> normalized latents, and back (batched)."""
 
     def __init__(self, vae: torch.nn.Module, normalizer: LatentNormalizer, latent_shape: tuple[int, int, int],
-                 device: str | torch.device = "cpu", batch_size: int = 64, decode_precision: str = "fp32"):
+                 device: str | torch.device = "cpu", batch_size: int = 64, decode_precision: str = "fp32",
+                 to_uint8_rule: str = "round"):
+        self.to_uint8_rule = to_uint8_rule
         if decode_precision not in DECODE_PRECISIONS:
             raise VAEError(f"decode precision {decode_precision!r}; choose one of {DECODE_PRECISIONS}")
         self.vae, self.normalizer, self.latent_shape = vae, normalizer, tuple(latent_shape)
@@ -265,7 +278,7 @@ class VAECodec:
             # bf16: the decoder under autocast, its output back in float32 before the uint8 rounding
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decode_precision == "bf16"):
                 x = self.vae.decode(raw).sample
-            out.append(to_uint8(x.float()))
+            out.append(to_uint8(x.float(), self.to_uint8_rule))
         return np.concatenate(out) if out else np.zeros((0,), np.uint8)
 
 
@@ -279,7 +292,8 @@ def resolve_vae_dir(meta: dict[str, Any], where: Path) -> Path:
 
 
 def load_codec(data_path: str | Path, vae_dir: str | Path | None = None, device: str | torch.device = "cpu",
-               batch_size: int = 64, decode_precision: str = "fp32") -> PixelCodec | VAECodec:
+               batch_size: int = 64, decode_precision: str = "fp32", to_uint8_rule: str = "round"
+               ) -> PixelCodec | VAECodec:
     """The codec of a training-data dir: a latents dir (VAE from latents.json or `vae_dir`) or a pixel dir."""
     data_path = Path(data_path)
     if (data_path / "latents.json").is_file() or (data_path / "latents.npy").is_file():
@@ -289,10 +303,11 @@ def load_codec(data_path: str | Path, vae_dir: str | Path | None = None, device:
         meta = json.loads(meta_file.read_text())
         vdir = Path(vae_dir) if vae_dir else resolve_vae_dir(meta, meta_file)
         norm = LatentNormalizer.load(data_path / "norm.npz")
-        return VAECodec(load_vae(vdir, device), norm, tuple(meta["latent_shape"]), device, batch_size, decode_precision)
+        return VAECodec(load_vae(vdir, device), norm, tuple(meta["latent_shape"]), device, batch_size, decode_precision,
+                        to_uint8_rule)
     if (data_path / "images.npy").is_file():
         n, h, w, c = np.load(data_path / "images.npy", mmap_mode="r").shape
-        return PixelCodec((c, h, w))
+        return PixelCodec((c, h, w), to_uint8_rule)
     raise VAEError(f"{data_path} is neither a latents dir (latents.json) nor a dataset dir (images.npy)")
 
 

@@ -380,6 +380,7 @@ class Rules:
         f = self.fid_reference_file(self.dataset_of(wildcards.experiment))
         return (f"{self.eval_args()} --num-samples {ev['num_samples']} --ema {ev['ema']} "
                 f"--recall-k {ev.get('recall_k', 3)} --decode-precision {ev.get('decode_precision', 'fp32')}"
+                + (f" --to-uint8 {ev['to_uint8']}" if ev.get("to_uint8") else "")
                 + (f" --fid-reference {f}" if f else ""))
 
     def snapshot_args(self, wildcards) -> str:

@@ -194,3 +194,20 @@ def test_normalization_statistics_over_the_training_split_with_bessel():
 
     with pytest.raises(VAEError, match="train_split.count"):
         LatentNormalizer.fit(raw, "standardize", count=41)
+
+
+def test_to_uint8_truncates_as_the_authors_or_rounds():
+    import numpy as np
+    import pytest
+    import torch
+
+    from lct.vae import VAEError, to_uint8
+
+    x = torch.tensor([-1.0, -0.999, 0.0, 0.004, 0.999, 1.0, 1.5]).view(1, 1, 1, 7)
+    trunc = to_uint8(x, "truncate").ravel()
+    assert trunc.tolist() == [0, 0, 127, 128, 254, 255, 255]  # floor((x + 1) / 2 * 255), clamped
+    ref = ((x.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).ravel().numpy()  # the authors' expression
+    assert np.array_equal(trunc, ref)
+    assert to_uint8(x, "round").ravel().tolist() == [0, 0, 128, 128, 255, 255, 255]
+    with pytest.raises(VAEError, match="evaluation.to_uint8"):
+        to_uint8(x, "floor")

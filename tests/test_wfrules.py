@@ -49,13 +49,14 @@ def test_command_arguments_of_the_paper_run(paper):
     r = Rules(paper)
     assert r.fetch_flags() == "--vae stabilityai/sd-vae-ft-ema --inception --vgg16 --elatentlpips"
     assert r.encode_args(w(dataset="celebahq256")) == (
-        "--vae resources/sd-vae-ft-ema --normalization standardize --posterior sample --seed 0")
+        "--vae resources/sd-vae-ft-ema --normalization standardize --posterior sample --seed 0 --stats-count 27000")
     src = r.source_args(w(dataset="cifar10"))
     assert "--source url" in src and "--md5 c58f30108f718f92721af3b95e74349a" in src
     assert r.prepare_inputs(w(dataset="cifar10")) == ["results/paper/data/cifar10/download/cifar-10-python.tar.gz"]
     assert r.prepare_inputs(w(dataset="celebahq256")) == []  # a folder source: nothing to download
     ev = r.evaluate_args(w(experiment="celebahq_slct"))
-    assert "--num-samples 50000 --ema 0.99993 --recall-k 3" in ev and "--fid-modes legacy_pytorch clean" in ev
+    assert "--num-samples 50176 --ema 0.99993 --recall-k 3" in ev and "--fid-modes legacy_pytorch clean" in ev
+    assert "--to-uint8 truncate" in ev  # the authors' scoring script
     assert "--fid-reference" not in ev
     assert r.ref_args().endswith("--recall-num 200000")
 
