@@ -154,10 +154,41 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
     return {**meta, "encoded_shards": encoded}
 
 
+def renormalize(src: str | Path, out: str | Path, normalization: str) -> dict[str, Any]:
+    """Another normalization of encoded latents (experiments.<e>.latents): `out` gets a link to src's
+    latents.npy, its latents.json with the new normalization, and norm.npz, written last (the workflow's
+    output). The statistics come from the same training split (latents.json's stats_count)."""
+    import os
+
+    src, out = Path(src), Path(out)
+    if src.is_file():  # the latents.npy itself
+        src = src.parent
+    if not (src / "latents.npy").is_file() or not (src / "latents.json").is_file():
+        raise VAEError(f"{src}: latents.npy or latents.json missing; run `lct encode --out {src}` first")
+    if normalization not in NORMALIZATIONS:
+        raise VAEError(f"--renormalize {normalization!r}: choose one of {NORMALIZATIONS}")
+    meta = json.loads((src / "latents.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    link = out / "latents.npy"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(os.path.relpath(src / "latents.npy", out), link)  # the same encoded latents, not a copy
+    norm = LatentNormalizer.fit(np.load(src / "latents.npy", mmap_mode="r"), normalization, count=meta.get("stats_count"))
+    meta.update(normalization=normalization, scale=norm.scale, target_std=norm.target_std, variant_of=str(src))
+    tmp = out / "latents.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(out / "latents.json")
+    norm.save(out / "norm.npz")
+    return meta
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lct encode", description="encode a dataset into VAE latents (resumable)")
-    ap.add_argument("--data", required=True, help="dataset dir with images.npy")
-    ap.add_argument("--vae", required=True, help="local AutoencoderKL folder")
+    ap.add_argument("--data", required=True,
+                    help="dataset dir with images.npy (--renormalize: the encoded latents.npy or its folder)")
+    ap.add_argument("--vae", default=None, help="local AutoencoderKL folder (required unless --renormalize)")
+    ap.add_argument("--renormalize", default=None, choices=NORMALIZATIONS,
+                    help="write only another normalization of already encoded latents into --out")
     ap.add_argument("--normalization", default="standardize", choices=NORMALIZATIONS)
     ap.add_argument("--out", required=True, help="latents dir")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -170,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="--posterior sample: image i draws from seed (seed, i)")
     a = ap.parse_args(argv)
     try:
+        if a.renormalize:
+            m = renormalize(a.data, a.out, a.renormalize)
+            print(json.dumps({k: m[k] for k in ("count", "latent_shape", "normalization")}))
+            return 0
+        if not a.vae:
+            ap.error("--vae is required (the AutoencoderKL folder), unless --renormalize")
         s = encode_dataset(a.data, a.vae, a.out, a.normalization, a.batch_size, a.shard_size, a.device,
                            a.posterior, a.seed, a.stats_count)
     except VAEError as e:

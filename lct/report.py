@@ -134,6 +134,11 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
             r["cells"] = [r["cells"][i] for i in keep]
         notes.pop(NOT_REPORTED, None)
     footnotes += [f"{k}: {v}" for k, v in notes.items()]
+    for cell in tcfg.get("rows") or []:  # cells trained on another normalization of the latents
+        variant = (cfg.get("experiments", {}).get(cell.get("experiment") or "") or {}).get("latents")
+        if variant == "sd_scale":
+            footnotes.append(f"{cell['model']}: trained, sampled and decoded on the latents x 0.18215 alone (no "
+                             "standardization), as the authors' script for this cell.")
     reading = cfg.get("reading")
     if beyond:
         ds = tcfg.get("dataset", "")

@@ -73,6 +73,23 @@ class Rules:
     def training_data_file(self, dataset: str) -> str:
         return self.latents_path(dataset) if self.is_latent(dataset) else self.images_path(dataset)
 
+    def latent_variant(self, experiment: str) -> str | None:
+        """experiments.<e>.latents: another normalization of its dataset's latents than the dataset's own
+        (E-LatentLPIPS as the authors ran it: sd_scale), else None."""
+        v = self.config["experiments"][experiment].get("latents")
+        ds = self.dataset_of(experiment)
+        return v if v and v != self.config["datasets"][ds].get("normalization", "standardize") else None
+
+    def experiment_data_dir(self, experiment: str) -> str:
+        """What an experiment trains on and decodes with: its dataset's latents (or a normalization variant of
+        them, data/<ds>/latents-<normalization>/), or the dataset's pixels."""
+        ds, v = self.dataset_of(experiment), self.latent_variant(experiment)
+        return f"{self.data_root}/data/{ds}/latents-{v}" if v else self.training_data_dir(ds)
+
+    def experiment_data_file(self, experiment: str) -> str:
+        v = self.latent_variant(experiment)
+        return f"{self.experiment_data_dir(experiment)}/norm.npz" if v else self.training_data_file(self.dataset_of(experiment))
+
     def vae_dir(self, vae: str) -> str:
         """Pretrained: fetch_weights writes resources_dir/<last part of repo>; trained: resources_dir/<key>."""
         v = self.config["vaes"].get(vae, {"kind": "train"})
@@ -293,7 +310,7 @@ class Rules:
         `ancient` input, so they would be skipped silently, missing outputs and all."""
         e = wildcards.experiment
         inputs: dict[str, Any] = {"config": self.experiment_config_path(e),
-                                  "data": self.training_data_file(self.dataset_of(e))}
+                                  "data": self.experiment_data_file(e)}
         if self.experiments[e].loss.distance == "elatentlpips" and self.needs_fetch():
             inputs["weights"] = self.fetch_marker()
         teacher = self.config["experiments"][e].get("teacher")
@@ -353,7 +370,7 @@ class Rules:
         return []
 
     def train_data_dir(self, wildcards) -> str:
-        return self.training_data_dir(self.dataset_of(wildcards.experiment))
+        return self.experiment_data_dir(wildcards.experiment)
 
     def run_dir(self, wildcards) -> str:
         return f"{self.results}/runs/{wildcards.experiment}"
@@ -390,7 +407,7 @@ class Rules:
     def evaluate_inputs(self, wildcards) -> dict[str, Any]:
         ds = self.dataset_of(wildcards.experiment)
         inputs: dict[str, Any] = {"checkpoint": self.final_path(wildcards.experiment), "ref": self.ref_path(ds),
-                                  "data": self.training_data_file(ds), "metric": self.metric_inputs()}
+                                  "data": self.experiment_data_file(wildcards.experiment), "metric": self.metric_inputs()}
         if self.fid_reference_file(ds):
             inputs["fid_reference"] = self.fid_reference_file(ds)
         return inputs
@@ -400,7 +417,7 @@ class Rules:
 
     def td_inputs(self, wildcards) -> dict[str, str]:
         return {"checkpoint": self.final_path(wildcards.experiment),
-                "data": self.training_data_file(self.dataset_of(wildcards.experiment))}
+                "data": self.experiment_data_file(wildcards.experiment)}
 
     def fig1_num_timesteps(self, wildcards) -> int:
         return self.config["figures"]["fig1"]["num_timesteps"]
@@ -508,7 +525,7 @@ class Rules:
     def fig3_data_file(self, wildcards) -> str:
         """Figure 3's c0 = 0.00054 sqrt(d) needs d of the c-choice runs' training data."""
         first = next(iter(self.config["figures"]["fig3"]["experiments"].values()))
-        return self.training_data_file(self.dataset_of(first))
+        return self.experiment_data_file(first)
 
     def fig3_curriculum(self, wildcards) -> str:
         first = next(iter(self.config["figures"]["fig3"]["experiments"].values()))

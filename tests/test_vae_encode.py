@@ -211,3 +211,31 @@ def test_to_uint8_truncates_as_the_authors_or_rounds():
     assert to_uint8(x, "round").ravel().tolist() == [0, 0, 128, 128, 255, 255, 255]
     with pytest.raises(VAEError, match="evaluation.to_uint8"):
         to_uint8(x, "floor")
+
+
+def test_renormalize_links_the_same_latents_with_another_normalization(tmp_path):
+    """experiments.<e>.latents: sd_scale (the authors' E-LatentLPIPS run) trains on the same encoded latents
+    x 0.18215 alone; the variant folder links latents.npy and writes its own norm.npz."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from lct.data import load_training_data
+    from lct.encode import main as encode_main
+    from lct.vae import SD_SCALE, LatentNormalizer
+
+    src = tmp_path / "latents"
+    src.mkdir()
+    raw = np.random.default_rng(0).normal(1.0, 4.0, size=(20, 4, 4, 4)).astype(np.float32)
+    np.save(src / "latents.npy", raw)
+    LatentNormalizer.fit(raw, "standardize", count=15).save(src / "norm.npz")
+    (src / "latents.json").write_text(json.dumps({"count": 20, "latent_shape": [4, 4, 4], "normalization": "standardize",
+                                                  "stats_count": 15, "vae": "v"}))
+    out = tmp_path / "latents-sd_scale"
+    assert encode_main(["--renormalize", "sd_scale", "--data", str(src / "latents.npy"), "--out", str(out)]) == 0
+    assert (out / "latents.npy").is_symlink() and json.loads((out / "latents.json").read_text())["normalization"] == "sd_scale"
+    x, _ = load_training_data(out)
+    torch.testing.assert_close(x, torch.from_numpy(raw) * SD_SCALE)
+    std, _ = load_training_data(src)
+    assert abs(float(std.std()) - 0.5) < 0.05  # the dataset's own: standardized to std 0.5

@@ -43,6 +43,12 @@ def test_paths_follow_the_config_name_and_resources(paper, demo):
     assert r.vae_dir("sd-vae-ft-ema") == "resources/sd-vae-ft-ema"
     assert Rules(demo).vae_dir("tiny-mnist") == "results/demo/resources/tiny-mnist"
     assert r.ref_path("ffhq256") == "results/paper/ref/ffhq256-inception.npz"
+    # The E-LatentLPIPS cell trains on the latents x 0.18215 alone (the authors' script): a variant folder
+    # of the same latents; every other cell on the dataset's standardized ones.
+    assert r.experiment_data_dir("celebahq_2c_elatentlpips") == "results/paper/data/celebahq256/latents-sd_scale"
+    assert r.train_inputs(w(experiment="celebahq_2c_elatentlpips"))["data"].endswith("latents-sd_scale/norm.npz")
+    assert r.experiment_data_dir("celebahq_slct") == "results/paper/data/celebahq256/latents"
+    assert r.evaluate_inputs(w(experiment="celebahq_slct"))["data"].endswith("celebahq256/latents/latents.npy")
 
 
 def test_command_arguments_of_the_paper_run(paper):

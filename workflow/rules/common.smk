@@ -31,6 +31,7 @@ wildcard_constraints:
     dataset=alternation(config["datasets"]),
     table=alternation(TABLE_NAMES),
     figure="fig1|fig2|fig3",
+    normalization="standardize|sd_scale",
     nfe=r"\d+",
     vae=alternation([v for v, d in config["vaes"].items() if d["kind"] == "train"]),
     archive=r"[^/]+",

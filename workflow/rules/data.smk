@@ -100,6 +100,21 @@ rule encode:
         "python -m lct encode --data {params.data} {params.args} --out {params.out} > {log} 2>&1"
 
 
+# Another normalization of the same latents for an experiment that asks for it (experiments.<e>.latents):
+# a link to latents.npy, its latents.json, and norm.npz written last (light: a local rule).
+rule latent_variant:
+    input:
+        f"{DATA}/data/{{dataset}}/latents/latents.npy",
+    output:
+        f"{DATA}/data/{{dataset}}/latents-{{normalization}}/norm.npz",
+    log:
+        f"{DATA}/logs/encode/{{dataset}}-{{normalization}}.log",
+    params:
+        out=R.output_dir,
+    shell:
+        "python -m lct encode --renormalize {wildcards.normalization} --data {input} --out {params.out} > {log} 2>&1"
+
+
 # Figure 1 (left): box-and-whisker statistics of normalized latents vs pixels.
 rule stats_data:
     input:
