@@ -8,6 +8,7 @@ import sys
 # command -> (module, one-line help). Each module defines `main(argv: list[str] | None) -> int | None`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-weights": ("lct.fetch", "download every pretrained file the pipeline needs (login node)"),
+    "random-weights-for-tests": ("lct.random_weights", "TESTS ONLY: fetch-weights' files with random weights"),
     "prepare-data": ("lct.data", "download or import a dataset into images.npy"),
     "train-vae": ("lct.vae", "train the tiny demo AutoencoderKL"),
     "encode": ("lct.encode", "encode a dataset into normalized VAE latents"),

@@ -6,10 +6,15 @@ fast. lct.schedules re-exports every name.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from lct.config import ScheduleConfig
+
+class ScheduleConfig(Protocol):
+    """What the curricula read of lct.config.ScheduleConfig (a structural type: this module imports no config)."""
+
+    curriculum: str
+    s0: int
+    s1: int
 
 
 def _num_stages_exp(s0: int, s1: int) -> int:

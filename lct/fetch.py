@@ -155,8 +155,8 @@ def require(resources_dir: str | Path, name: str) -> Path:
         raise MissingResource(f"{p} ({name}) is not listed in {resources / MANIFEST}, so it cannot be verified; "
                               f"{_hint(resources)}")
     if any(v.get("random") for v in listed.values()) and os.environ.get(ALLOW_RANDOM) != "1":
-        raise MissingResource(f"{p} ({name}) holds RANDOM weights written by `lct fetch-weights "
-                              f"--random-weights-for-tests`; only the smoke test may use them ({ALLOW_RANDOM}=1). "
+        raise MissingResource(f"{p} ({name}) holds RANDOM weights written by "
+                              f"`lct random-weights-for-tests`; only the smoke test may use them ({ALLOW_RANDOM}=1). "
                               f"Remove {resources} and {_hint(resources)}")
     for k, v in listed.items():
         f = resources / k
@@ -174,7 +174,7 @@ def check_not_random(folder: str | Path) -> None:
     prefix = folder.name.rstrip("/") + "/"
     if any(k.startswith(prefix) and v.get("random") for k, v in m["files"].items()) \
             and os.environ.get(ALLOW_RANDOM) != "1":
-        raise MissingResource(f"{folder} holds RANDOM weights written by `lct fetch-weights --random-weights-for-tests`; "
+        raise MissingResource(f"{folder} holds RANDOM weights written by `lct random-weights-for-tests`; "
                               f"only the smoke test may use them ({ALLOW_RANDOM}=1). Remove {folder.parent} and "
                               f"{_hint(folder.parent)}")
 
@@ -262,6 +262,47 @@ def fetch_vae(resources: Path, repo: str, repin: bool = False) -> Path:
     return resources / folder
 
 
+_LPIPS_CACHE: dict = {}  # (weights dir, device) -> the loaded network
+
+# E-LatentLPIPS as the authors ran it (docs/METHOD.md section 4): ELatentLPIPS(encoder="sd15",
+# augment=None), called on the model's standardized latents with normalize=False, ensembling=False.
+ELATENTLPIPS_FILES = ("sd15_latent_vgg16.pth.tar", "sd15_latest_vgg16_tuned.pth")  # trunk, calibrated heads
+
+
+def load_elatentlpips(weights_dir: str | Path | None, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The package's E-LatentLPIPS network with the weights in `weights_dir`/ckpt (fetch-weights writes
+    them to <resources>/elatentlpips/ckpt). The package reads ``./ckpt`` relative to the working
+    directory, so it is constructed inside `weights_dir`; it never downloads here."""
+    import contextlib
+
+    key = f"{Path(weights_dir).resolve() if weights_dir else None}:{device}"
+    if key in _LPIPS_CACHE:
+        return _LPIPS_CACHE[key]
+    try:
+        from lct._compat import import_elatentlpips
+
+        elatentlpips = import_elatentlpips()
+    except ImportError as e:
+        raise ImportError(
+            "loss.distance = 'elatentlpips' needs the package elatentlpips (envs/requirements.txt: "
+            "`pip install elatentlpips==0.2`)") from e
+    hint = ("run `snakemake fetch_weights` (or `lct fetch-weights --elatentlpips --out <resources>`) on a machine "
+            "with internet, then pass the resources folder (`lct train --resources <resources>`)")
+    if weights_dir is None:
+        raise FileNotFoundError(f"loss.distance = 'elatentlpips' needs its weights; {hint}")
+    ckpt = Path(weights_dir) / "ckpt"
+    missing = [str(ckpt / f) for f in ELATENTLPIPS_FILES if not (ckpt / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"E-LatentLPIPS weights missing: {', '.join(missing)}; {hint}")
+    for asset in ("elatentlpips_vgg", "elatentlpips_head"):  # sizes against MANIFEST.json; random refused
+        require(Path(weights_dir).parent, asset)
+    with contextlib.chdir(weights_dir):
+        model = elatentlpips.ELatentLPIPS(encoder="sd15", augment=None, verbose=False)
+    model = model.to(device).eval().requires_grad_(False)
+    _LPIPS_CACHE[key] = model
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lct fetch-weights", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="resources folder")
@@ -272,9 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fid-reference", nargs=3, action="append", default=[], metavar=("DATASET", "URL", "SHA256"),
                     help="a pytorch-fid statistics file (repeatable), saved as fid_reference/<DATASET><ext>; the "
                          "sha256 is required (a download is never trusted without one)")
-    ap.add_argument("--random-weights-for-tests", action="store_true",
-                    help="TESTS ONLY: write every requested file with random weights (no download); recorded as "
-                         "random in MANIFEST.json and refused unless LCT_ALLOW_RANDOM_WEIGHTS=1")
     ap.add_argument("--elatentlpips", action="store_true", help="E-LatentLPIPS sd15 weights")
     ap.add_argument("--verify", action="store_true", help="only check every file against MANIFEST.json")
     ap.add_argument("--repin", action="store_true",
@@ -286,12 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         problems = verify_manifest(resources)
         print("\n".join(problems) or f"{resources / MANIFEST}: all files verified")
         return 1 if problems else 0
-    if a.random_weights_for_tests:
-        from lct.random_weights import write_all
-
-        files = write_all(resources, a.vae, a.inception, a.vgg16, a.elatentlpips)
-        print(f"fetch-weights: {len(files)} files with RANDOM weights (tests only) under {resources}")
-        return 0
     names = (["inception_clean", "inception_legacy"] if a.inception else []) + (["vgg16_nvidia"] if a.vgg16 else []) \
         + (["vgg16"] if a.vgg16_torchvision else []) + (["elatentlpips_vgg", "elatentlpips_head"] if a.elatentlpips else [])
     try:

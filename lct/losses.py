@@ -9,13 +9,9 @@ s / (2 c)), which is what makes them comparable.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
-
-_LPIPS_CACHE: dict[str, torch.nn.Module] = {}
-
 
 def squared_norm(x: torch.Tensor, y: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """||x - y||^2 per sample [B]: sum (paper) or mean (authors' code) over non-batch dims."""
@@ -65,67 +61,31 @@ def _norm_distance(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Callabl
     return dist
 
 
-# E-LatentLPIPS as the authors ran it (docs/METHOD.md section 4): ELatentLPIPS(encoder="sd15",
-# augment=None), called on the model's standardized latents with normalize=False, ensembling=False.
-ELATENTLPIPS_FILES = ("sd15_latent_vgg16.pth.tar", "sd15_latest_vgg16_tuned.pth")  # trunk, calibrated heads
-
-
-def load_elatentlpips(weights_dir: str | Path | None, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The package's E-LatentLPIPS network with the weights in `weights_dir`/ckpt (fetch-weights writes
-    them to <resources>/elatentlpips/ckpt). The package reads ``./ckpt`` relative to the working
-    directory, so it is constructed inside `weights_dir`; it never downloads here."""
-    import contextlib
-
-    key = f"{Path(weights_dir).resolve() if weights_dir else None}:{device}"
-    if key in _LPIPS_CACHE:
-        return _LPIPS_CACHE[key]
-    try:
-        from lct._compat import import_elatentlpips
-
-        elatentlpips = import_elatentlpips()
-    except ImportError as e:
-        raise ImportError(
-            "loss.distance = 'elatentlpips' needs the package elatentlpips (envs/requirements.txt: "
-            "`pip install elatentlpips==0.2`)") from e
-    hint = ("run `snakemake fetch_weights` (or `lct fetch-weights --elatentlpips --out <resources>`) on a machine "
-            "with internet, then pass the resources folder (`lct train --resources <resources>`)")
-    if weights_dir is None:
-        raise FileNotFoundError(f"loss.distance = 'elatentlpips' needs its weights; {hint}")
-    ckpt = Path(weights_dir) / "ckpt"
-    missing = [str(ckpt / f) for f in ELATENTLPIPS_FILES if not (ckpt / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"E-LatentLPIPS weights missing: {', '.join(missing)}; {hint}")
-    from lct.fetch import require
-
-    for asset in ("elatentlpips_vgg", "elatentlpips_head"):  # sizes against MANIFEST.json; random refused
-        require(Path(weights_dir).parent, asset)
-    with contextlib.chdir(weights_dir):
-        model = elatentlpips.ELatentLPIPS(encoder="sd15", augment=None, verbose=False)
-    model = model.to(device).eval().requires_grad_(False)
-    _LPIPS_CACHE[key] = model
-    return model
-
-
 class ELatentLPIPSDistance:
     """d(x, y) = E-LatentLPIPS(x, y) per sample [B] on 4-channel SD latents; c and reduction unused.
 
-    Gradients flow to x and y (the network's own weights are frozen). Loaded on first use, on the
-    device of its inputs.
+    Gradients flow to x and y (the network's own weights are frozen). The network comes from the weights
+    layer (lct.fetch.load_elatentlpips), given as a module or as a loader `device -> module` called on first
+    use with the device of its inputs: this module reads no file.
     """
 
-    def __init__(self, weights_dir: str | Path | None):
-        self.weights_dir = weights_dir
+    def __init__(self, network: "torch.nn.Module | Callable[[torch.device], torch.nn.Module] | None"):
+        self.network = network
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, c: float = 0.0, reduction: str = "sum") -> torch.Tensor:
-        model = load_elatentlpips(self.weights_dir, x.device)
+        if self.network is None:
+            raise FileNotFoundError("loss.distance = 'elatentlpips' needs its network: run `snakemake fetch_weights` "
+                                    "(or `lct fetch-weights --elatentlpips --out <resources>`) and pass the folder "
+                                    "(`lct train --resources <resources>`)")
+        model = self.network if isinstance(self.network, torch.nn.Module) else self.network(x.device)
         return model(x, y, normalize=False, ensembling=False).reshape(x.shape[0])
 
 
-def make_distance(name: str, resources: str | Path | None = None) -> Callable[..., torch.Tensor]:
-    """distance(x, y, c, reduction) -> [B] for loss.distance `name`; `resources` is the folder of
-    `lct fetch-weights` (only E-LatentLPIPS reads it)."""
+def make_distance(name: str, network=None) -> Callable[..., torch.Tensor]:
+    """distance(x, y, c, reduction) -> [B] for loss.distance `name`; `network`: E-LatentLPIPS's network or
+    its loader (from lct.fetch; the other distances are formulas)."""
     if name == "elatentlpips":
-        return ELatentLPIPSDistance(Path(resources) / "elatentlpips" if resources else None)
+        return ELatentLPIPSDistance(network)
     if name not in DISTANCES:
         raise ValueError(f"loss.distance = {name!r}; choose one of {sorted(DISTANCES)}")
     return DISTANCES[name]
@@ -134,7 +94,7 @@ def make_distance(name: str, resources: str | Path | None = None) -> Callable[..
 # name -> distance(x, y, c, reduction) -> [B]
 DISTANCES: dict[str, Callable[..., torch.Tensor]] = {
     **{name: _norm_distance(fn) for name, fn in ROBUST.items()},
-    "elatentlpips": ELatentLPIPSDistance(None),  # needs make_distance("elatentlpips", resources) to find weights
+    "elatentlpips": ELatentLPIPSDistance(None),  # needs make_distance("elatentlpips", network) for its network
 }
 
 

@@ -60,10 +60,10 @@ def shared_rng(seed: int, device: torch.device) -> Iterator[None]:
 class ConsistencyObjective:
     """Consistency training, iCT / sLCT (eq. 4, plus eq. 9 when loss.diffusion_loss)."""
 
-    def __init__(self, cfg: "ExperimentConfig", total_steps: int, resources: str | None = None):
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int, distance_net=None):
         self.cfg = cfg
         self.total_steps = int(total_steps)
-        self.distance = make_distance(cfg.loss.distance, resources)  # resources: E-LatentLPIPS weights
+        self.distance = make_distance(cfg.loss.distance, distance_net)  # E-LatentLPIPS: its network (lct.fetch)
 
     def __call__(self, net: nn.Module, x0: torch.Tensor, noise: torch.Tensor, step: int,
                  generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
@@ -167,7 +167,7 @@ class ConsistencyObjective:
 class DenoisingObjective:
     """EDM denoising loss (Karras et al. 2022) for the VE latent diffusion baseline (Table 1)."""
 
-    def __init__(self, cfg: "ExperimentConfig", total_steps: int | None = None, resources: str | None = None,
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int | None = None, distance_net=None,
                  p_mean: float = -1.2, p_std: float = 1.2):
         self.cfg = cfg
         self.p_mean, self.p_std = p_mean, p_std  # EDM's lognormal sigma, not schedule.p_mean (that is iCT's)
@@ -207,7 +207,7 @@ class DistillationObjective:
     moves it, `state_dict` / `load_state_dict` carry it through checkpoints.
     """
 
-    def __init__(self, cfg: "ExperimentConfig", total_steps: int, resources: str | None = None,
+    def __init__(self, cfg: "ExperimentConfig", total_steps: int, distance_net=None,
                  teacher: nn.Module | None = None):
         from lct.config import ConfigError
 
@@ -216,7 +216,7 @@ class DistillationObjective:
                               f"lct train --teacher runs/{cfg.distill.teacher or '<teacher>'}/final.pt")
         self.cfg = cfg
         self.total_steps = int(total_steps)
-        self.distance = make_distance(cfg.loss.distance, resources)
+        self.distance = make_distance(cfg.loss.distance, distance_net)
         self.teacher = teacher.eval().requires_grad_(False)
         dc, sc = cfg.distill, cfg.schedule
         self.sigmas = S.karras_sigmas(dc.num_timesteps, sc.sigma_min, sc.sigma_max, sc.rho)  # ascending, float64
@@ -292,12 +292,12 @@ OBJECTIVES = {"consistency": ConsistencyObjective, "denoising": DenoisingObjecti
               "distillation": DistillationObjective}
 
 
-def build_objective(cfg: "ExperimentConfig", total_steps: int, resources: str | None = None,
+def build_objective(cfg: "ExperimentConfig", total_steps: int, distance_net=None,
                     teacher: nn.Module | None = None):
-    """The objective named by cfg.objective; `resources` is the folder of `lct fetch-weights`;
-    `teacher` the frozen denoiser of objective distillation."""
+    """The objective named by cfg.objective; `distance_net` the network of a learned distance (E-LatentLPIPS,
+    from lct.fetch.load_elatentlpips, or its loader); `teacher` the frozen denoiser of objective distillation."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective = {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}")
     if cfg.objective == "distillation":
-        return DistillationObjective(cfg, total_steps, resources, teacher)
-    return OBJECTIVES[cfg.objective](cfg, total_steps, resources)
+        return DistillationObjective(cfg, total_steps, distance_net, teacher)
+    return OBJECTIVES[cfg.objective](cfg, total_steps, distance_net)

@@ -1,6 +1,6 @@
 """Test-only: every pretrained file of the paper path, with random weights, in fetch-weights' layout.
 
-`lct fetch-weights --random-weights-for-tests --out DIR` writes, for each real architecture the
+`lct random-weights-for-tests --out DIR [--vae REPO --inception --vgg16 --elatentlpips]` writes, for each real architecture the
 paper configuration runs, a file of the same format and architecture as the real download but with
 random weights, so that the whole paper path (shapes, dtypes, file formats, hand-offs) can run
 offline. MANIFEST.json marks each such file ``"random": true``; `lct.fetch.require` refuses them
@@ -106,7 +106,7 @@ def write_elatentlpips(ckpt_dir: Path, seed: int = 0) -> list[Path]:
     """The two files elatentlpips reads from ./ckpt (sd15): the latent VGG16-BN trunk and the full
     calibrated module, with random weights, in the package's own formats."""
     from lct._compat import import_elatentlpips
-    from lct.losses import ELATENTLPIPS_FILES
+    from lct.fetch import ELATENTLPIPS_FILES
 
     elatentlpips = import_elatentlpips()
     from elatentlpips.vgg16 import LatentVGG16BN
@@ -146,3 +146,22 @@ def write_all(resources: Path, vae_repo: str | None, inception: bool, vgg16: boo
         rec("elatentlpips_head", files[1:])
     (resources / "RANDOM_WEIGHTS_FOR_TESTS").write_text(json.dumps([str(p) for p in written], indent=1))
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lct random-weights-for-tests`: what `lct fetch-weights` would download, with random weights (tests only;
+    the workflow runs it for configs with random_weights_for_tests: true). Flags of fetch-weights that fetch
+    nothing here (--fid-reference, --vgg16-torchvision, --repin) are accepted and ignored."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="lct random-weights-for-tests", description=main.__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="resources folder (the layout of lct fetch-weights)")
+    ap.add_argument("--vae", default=None, help="Hugging Face repo id of the VAE (its folder name is used)")
+    ap.add_argument("--inception", action="store_true")
+    ap.add_argument("--vgg16", action="store_true")
+    ap.add_argument("--elatentlpips", action="store_true")
+    a, ignored = ap.parse_known_args(argv)
+    files = write_all(Path(a.out), a.vae, a.inception, a.vgg16, a.elatentlpips)
+    print(f"random-weights-for-tests: {len(files)} files with RANDOM weights (tests only) under {a.out}"
+          + (f"; ignored {ignored}" if ignored else ""))
+    return 0

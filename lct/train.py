@@ -232,10 +232,18 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 def make_objective(cfg: ExperimentConfig, total_steps: int, resources: str | None = None,
                    teacher: torch.nn.Module | None = None):
-    """The loss object (lct.objectives); a seam where tests wrap the objective."""
+    """The loss object (lct.objectives); a seam where tests wrap the objective. A learned distance gets its
+    network from the weights layer here (`resources`: the folder of `lct fetch-weights`)."""
     from lct.objectives import build_objective
 
-    return build_objective(cfg, total_steps, resources, teacher)
+    distance_net = None
+    if cfg.loss.distance == "elatentlpips":
+        import functools
+
+        from lct.fetch import load_elatentlpips
+
+        distance_net = functools.partial(load_elatentlpips, Path(resources) / "elatentlpips" if resources else None)
+    return build_objective(cfg, total_steps, distance_net, teacher)
 
 
 def with_teacher_digest(cfg: ExperimentConfig, teacher: str | Path | None) -> ExperimentConfig:

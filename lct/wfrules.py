@@ -140,10 +140,13 @@ class Rules:
         """The paper fetches pretrained files; the demo trains everything itself."""
         return any(v["kind"] == "pretrained" for v in self.config["vaes"].values()) or self.ev["feature"] == "inception"
 
+    def fetch_command(self) -> str:
+        """`lct fetch-weights`, or the test-only `lct random-weights-for-tests` (random_weights_for_tests: true)."""
+        return "random-weights-for-tests" if self.config.get("random_weights_for_tests") else "fetch-weights"
+
     def fetch_flags(self) -> str:
         """Arguments of `lct fetch-weights` for what this config uses."""
-        flags = ["--random-weights-for-tests"] if self.config.get("random_weights_for_tests") else []
-        flags += [f"--vae {v['repo']}" for v in self.config["vaes"].values() if v["kind"] == "pretrained"]
+        flags = [f"--vae {v['repo']}" for v in self.config["vaes"].values() if v["kind"] == "pretrained"]
         for ds, ref in (self.ev.get("fid_reference") or {}).items():
             if ref.get("url"):
                 flags.append(f"--fid-reference {ds} {ref['url']!r} {ref['sha256']}")

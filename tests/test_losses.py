@@ -85,7 +85,7 @@ def test_elatentlpips_training_step_reaches_the_unet(tmp_path, monkeypatch):
     """Table 2c's cell: one step of consistency training with the package's real E-LatentLPIPS network
     (random weights in the package's own file formats), the authors' settings, any working directory."""
     from lct.config import resolve_experiment
-    from lct.losses import load_elatentlpips
+    from lct.fetch import load_elatentlpips
     from lct.objectives import build_objective
     from lct.precond import build_model
     from lct.random_weights import write_all
@@ -103,7 +103,7 @@ def test_elatentlpips_training_step_reaches_the_unet(tmp_path, monkeypatch):
     lpips = load_elatentlpips(res / "elatentlpips", "cpu")
     assert lpips.augment is None  # the authors: augment=None (no ensembling)
     assert not (tmp_path / "ckpt").exists()  # nothing written into the working directory
-    obj = build_objective(cfg, 10, resources=str(res))
+    obj = build_objective(cfg, 10, distance_net=lpips)
     x0 = torch.randn(4, 4, 8, 8)
     loss, logs = obj(net, x0, torch.randn_like(x0), step=3)
     assert loss.shape == (4,) and torch.isfinite(loss).all()

@@ -12,10 +12,11 @@ rule fetch_weights:
     conda:
         ENV_GPU
     params:
+        command=R.fetch_command(),
         flags=R.fetch_flags(),
         out=R.output_dir,
     shell:
-        "python -m lct fetch-weights --out {params.out} {params.flags} > {log} 2>&1"
+        "python -m lct {params.command} --out {params.out} {params.flags} > {log} 2>&1"
 
 
 # URL datasets (LSUN, CIFAR-10) are downloaded and checksum-verified here, on the login node
