@@ -42,3 +42,10 @@ def test_estimate_prints_memory_per_stage(capsys):
     out = capsys.readouterr().out
     assert "| decode_fp32, batch 250 | 53.2 | sub-batches of 150 | fits |" in out
     assert "| train, 4 GPU(s), 32 per GPU" in out
+
+
+def test_training_and_encoding_keep_their_threads():
+    """A run on the cluster must equal the same run elsewhere bit for bit (CPU reductions depend on threads)."""
+    from lct.cli import JOB_COMMANDS
+
+    assert "train" not in JOB_COMMANDS and "encode" not in JOB_COMMANDS and "evaluate" in JOB_COMMANDS

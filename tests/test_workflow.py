@@ -317,7 +317,8 @@ def test_paper_config_writes_the_split_and_iteration_count(tmp_path):
     r = snakemake(args + ["--cores", "1", "results/paper/configs/celebahq_slct.yaml"])
     assert r.returncode == 0, r.stdout[-3000:]
     text = (tmp_path / "results/paper/configs/celebahq_slct.yaml").read_text()
-    assert "27000 training images, 295,313 iterations" in text and "N=641 from 253,122" in text
+    assert "27000 training images, 294,000 iterations (K of the schedules); 294,210 optimizer steps" in text
+    assert "N=641 from 252,000" in text
     cfg = yaml.safe_load(text)
     assert cfg["train"]["num_images"] == 27000 and cfg["loss"]["diffusion_variant"] == "as_coded"
 
