@@ -269,9 +269,32 @@ def flat_settings(cfg: "ExperimentConfig | dict[str, Any]", prefix: str = "") ->
     return out
 
 
+# How a trained model is sampled (the 2-NFE intermediate sigma, the baseline's steps): read by `lct
+# evaluate` / `lct sample` from the workflow (--sampling), never a reason to retrain.
+SAMPLING_KEYS = frozenset(f"sample.{f.name}" for f in dataclasses.fields(SampleConfig))
+
+
 def weight_settings(cfg: "ExperimentConfig") -> dict[str, Any]:
-    """The settings that change the trained weights: every leaf but BOOKKEEPING_KEYS."""
-    return {k: v for k, v in flat_settings(cfg).items() if k not in BOOKKEEPING_KEYS}
+    """The settings that change the trained weights: every leaf but BOOKKEEPING_KEYS and SAMPLING_KEYS."""
+    return {k: v for k, v in flat_settings(cfg).items() if k not in BOOKKEEPING_KEYS | SAMPLING_KEYS}
+
+
+def with_sampling(cfg: "ExperimentConfig", items: list[str], where: str = "--sampling") -> "ExperimentConfig":
+    """`cfg` with sample.* set from ["two_step_index=440", ...] (the workflow's current values over those a
+    checkpoint was trained with); only SampleConfig fields, range-checked."""
+    if not items:
+        return cfg
+    import yaml
+
+    d = cfg.to_dict()
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("sample.")
+        if not sep or f"sample.{key}" not in SAMPLING_KEYS:
+            raise ConfigError(f"{where} {item!r}: expected KEY=VALUE with KEY one of "
+                              f"{sorted(k.removeprefix('sample.') for k in SAMPLING_KEYS)}")
+        d["sample"][key] = yaml.safe_load(raw)
+    return validate(ExperimentConfig.from_dict(d, where=f"{cfg.name} with {where}"))
 
 
 def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str, Any] | None:

@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-precision", choices=["fp32", "bf16"], default="fp32",
                    help="VAE decoding: fp32 (the authors' scoring, default) or bf16 autocast (faster on GPUs; "
                         "changes pixels by about one level, so the FID is not the authors' protocol)")
+    p.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler setting over the checkpoint's (sample.two_step_index, two_step_grid, diffusion_steps); "
+                        "the workflow passes the experiment's current values (repeatable)")
     p.add_argument("--to-uint8", choices=["round", "truncate"], default="round",
                    help="samples to 8-bit: round to the nearest level, or truncate as the authors' scoring script")
     p.add_argument("--device", default="auto")
@@ -420,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     check_reference(ref, modes, a.fid_reference or a.ref)
     extractors, fd, rec = build_suite(a.feature, modes, a.resources, device, str(ref["recall_feature"]))
     model, cfg, info = load_checkpoint_model(a.checkpoint, ema=a.ema, device=device)
+    from lct.config import ConfigError, with_sampling
+
+    try:
+        cfg = with_sampling(cfg, a.sampling)
+    except ConfigError as e:
+        raise SystemExit(f"lct evaluate: {e}")
     codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size,
                        decode_precision=a.decode_precision, to_uint8_rule=a.to_uint8)
     trained = list((info.get("data") or {}).get("shape") or [])[1:] if isinstance(info, dict) else []
@@ -449,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     key = {"checkpoint_sha256": ckpt_sha, "ema": a.ema, "nfe": a.nfe, "seed_offset": a.seed_offset,
            "num_samples": a.num_samples, "shard_size": a.shard_size, "image_format": a.image_format,
            "jpeg_quality": a.jpeg_quality, "codec": codec_fingerprint(a.data, a.vae),
-           "decode_precision": a.decode_precision, "to_uint8": a.to_uint8,
+           "decode_precision": a.decode_precision, "to_uint8": a.to_uint8, "sampling": cfg.to_dict()["sample"],
            "extractors": {n: extractor_fingerprint(n, a.resources) for n in sorted(extractors)}}
     # (the FID reference enters only the final distance, not the cached features)
     res = run_evaluation(images_for_seeds, seeds, extractors, fd, rec, ref, cache_dir, key, a.image_format,
@@ -458,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "experiment": a.experiment, "nfe": a.nfe, "ema": a.ema, "num_samples": a.num_samples,
         "seeds": [seeds[0], seeds[-1]], "feature": a.feature, "image_format": a.image_format,
-        "decode_precision": a.decode_precision, "to_uint8": a.to_uint8,
+        "decode_precision": a.decode_precision, "to_uint8": a.to_uint8, "sampling": cfg.to_dict()["sample"],
         "jpeg_quality": a.jpeg_quality if a.image_format == "jpeg" else None,
         "fid": res["fid"], "metric_name": SUITES[a.feature]["metric_name"],
         "precision": res["precision"], "recall": res["recall"], "recall_k": a.recall_k,

@@ -137,6 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="final.pt, a ckpt-*.pt, a snapshot, or a run dir (its final.pt)")
     p.add_argument("--data", default=None, help="the training data dir: its VAE decodes samples (needed by --decode)")
     p.add_argument("--ema", default="0.99993", help="EMA decay as in train.ema_decays, or 'online'")
+    p.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler setting over the checkpoint's (sample.two_step_index, ...; repeatable)")
     p.add_argument("--nfe", type=int, default=1, help="network evaluations: 1, 2 (CM) or e.g. 250 (diffusion)")
     p.add_argument("--seeds", default="0-49999", help="per-image seeds, e.g. 0-49999 or 0,5,10-19")
     p.add_argument("--out", required=True, help="output dir")
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(a.device)
     try:
         model, cfg, info = load_checkpoint_model(ckpt, a.ema, device)
+        from lct.config import with_sampling
+
+        cfg = with_sampling(cfg, a.sampling)
         shape = tuple(info["data"]["shape"][1:])
         codec = None
         if decode:
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         from lct.download import file_digest
 
         meta = {"checkpoint": str(ckpt), "checkpoint_sha256": file_digest(ckpt, "sha256"), "step": info["step"],
-                "ema": a.ema, "nfe": a.nfe,
+                "ema": a.ema, "nfe": a.nfe, "sampling": cfg.to_dict()["sample"],
                 "seeds": [seeds[0], seeds[-1]], "num_seeds": len(seeds), "format": a.format, "decode": decode,
                 "shard_size": a.shard_size, "data": a.data, "shape": list(shape)}
         if a.format == "jpeg":

@@ -53,7 +53,7 @@ import torch
 
 from lct import checkpoint as ckio
 from lct import distributed as ddist
-from lct.config import BOOKKEEPING_KEYS, ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
+from lct.config import BOOKKEEPING_KEYS, SAMPLING_KEYS, ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
 from lct.model import EMA, build_model, load_checkpoint_model, make_optimizer  # noqa: F401 (re-exported)
 from lct.batches import BatchPipeline, DataOrder, step_seed  # noqa: F401 (DataOrder re-exported)
 from lct.data import DataError
@@ -129,8 +129,9 @@ def lock_run_dir(run_dir: str | Path) -> int | None:
     return fd
 
 # Fields that may change between a checkpoint and the resuming command (cadence, not the math):
-# lct.config.BOOKKEEPING_KEYS, the same set the workflow leaves out of the training rule's params.
-RESUME_MAY_CHANGE = BOOKKEEPING_KEYS
+# lct.config.BOOKKEEPING_KEYS, the same set the workflow leaves out of the training rule's params, and how the
+# model is sampled (lct.config.SAMPLING_KEYS: evaluation's business, given to `lct evaluate --sampling`).
+RESUME_MAY_CHANGE = BOOKKEEPING_KEYS | SAMPLING_KEYS
 
 
 class Preempted(Exception):

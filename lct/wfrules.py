@@ -401,11 +401,18 @@ class Rules:
         return (f"{self.eval_args()} --num-samples {ev['num_samples']} --ema {ev['ema']} "
                 f"--recall-k {ev.get('recall_k', 3)} --decode-precision {ev.get('decode_precision', 'fp32')}"
                 + (f" --to-uint8 {ev['to_uint8']}" if ev.get("to_uint8") else "")
+                + " " + self.sampling_args(wildcards.experiment)
                 + (f" --fid-reference {f}" if f else ""))
+
+    def sampling_args(self, experiment: str) -> str:
+        """The experiment's current sampler settings (sample.*), given to `lct evaluate` / `lct sample` over the
+        checkpoint's: editing them re-scores, never retrains (lct.config.SAMPLING_KEYS)."""
+        return " ".join(f"--sampling {k}={v}" for k, v in self.experiments[experiment].to_dict()["sample"].items())
 
     def snapshot_args(self, wildcards) -> str:
         f3 = self.config["figures"]["fig3"]
-        return f"{self.eval_args()} --num-samples {f3['num_samples']} --nfe {f3['nfe']} --ema {self.ev['ema']}"
+        return (f"{self.eval_args()} --num-samples {f3['num_samples']} --nfe {f3['nfe']} --ema {self.ev['ema']} "
+                + self.sampling_args(wildcards.experiment))
 
     def evaluate_inputs(self, wildcards) -> dict[str, Any]:
         ds = self.dataset_of(wildcards.experiment)
@@ -427,7 +434,7 @@ class Rules:
 
     def sample_args(self, wildcards) -> str:
         last = self.config["figures"]["samples"]["grid"] ** 2 - 1
-        return f"--ema {self.ev['ema']} --seeds 0-{last}"
+        return f"--ema {self.ev['ema']} --seeds 0-{last} " + self.sampling_args(wildcards.experiment)
 
     # ---- tables, figures and targets ----------------------------------------------------------
 

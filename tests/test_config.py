@@ -132,3 +132,15 @@ def test_every_schema_key_is_documented_in_config_readme():
 
     missing = sorted(path for path, name in keys(schema, "") if name not in documented)
     assert not missing, f"config/README.md does not name: {missing}"
+
+
+def test_with_sampling_sets_only_sampler_keys():
+    from lct.config import with_sampling
+
+    cfg = resolve_experiment("slct", LEN, name="s", reading="as_coded")
+    assert with_sampling(cfg, ["two_step_index=440", "sample.diffusion_steps=40"]).sample.two_step_index == 440
+    assert with_sampling(cfg, []) is cfg
+    with pytest.raises(ConfigError, match="two_step_index"):
+        with_sampling(cfg, ["lr=1"])
+    with pytest.raises(ConfigError):
+        with_sampling(cfg, ["two_step_grid=1"])  # below its range (at least 2 grid points)

@@ -130,7 +130,8 @@ def test_targets_and_their_errors(paper, demo):
     with pytest.raises(WorkflowConfigError, match="no tables.table_cd"):
         Rules(mini).table_target("table_cd")(None)
     assert Rules(demo).metric_inputs() == ["results/demo/resources/digit-classifier.pt"]
-    assert Rules(demo).sample_args(None) == "--ema 0.95 --seeds 0-63"
+    first = Rules(demo).config["figures"]["samples"]["experiments"][0]
+    assert Rules(demo).sample_args(w(experiment=first)).startswith("--ema 0.95 --seeds 0-63 --sampling two_step_index=")
 
 
 def test_alternation_matches_whole_names_only():
@@ -139,3 +140,19 @@ def test_alternation_matches_whole_names_only():
     pat = re.compile(f"^({alternation(['mnist', 'mnist_pixels'])})$")
     assert pat.match("mnist_pixels") and pat.match("mnist") and not pat.match("mnist_")
     assert not re.match(f"^({alternation([])})$", "")
+
+
+def test_sampler_settings_rescore_and_never_retrain(paper):
+    """sample.* (the 2-NFE index, ...) is how a model is sampled: it is not a weight setting (the training
+    config's params ignore it) and reaches `lct evaluate` as --sampling, so an edit re-scores only."""
+    import copy
+
+    from lct.config import SAMPLING_KEYS, weight_settings
+
+    edited = copy.deepcopy(paper)
+    edited["experiments"]["celebahq_slct"].setdefault("overrides", {}).setdefault("sample", {})["two_step_index"] = 440
+    a, b = Rules(paper), Rules(edited)
+    assert weight_settings(a.experiments["celebahq_slct"]) == weight_settings(b.experiments["celebahq_slct"])
+    assert not SAMPLING_KEYS & set(weight_settings(a.experiments["celebahq_slct"]))
+    assert "--sampling two_step_index=420" in a.evaluate_args(w(experiment="celebahq_slct"))
+    assert "--sampling two_step_index=440" in b.evaluate_args(w(experiment="celebahq_slct"))
