@@ -144,3 +144,20 @@ def test_with_sampling_sets_only_sampler_keys():
         with_sampling(cfg, ["lr=1"])
     with pytest.raises(ConfigError):
         with_sampling(cfg, ["two_step_grid=1"])  # below its range (at least 2 grid points)
+
+
+def test_authors_scripts_overlay():
+    """config/authors_scripts.yaml: the scripts' FFHQ settings over the paper config, everything else the
+    paper's; under the as_coded reading their loop's K = (70,000 // 256) x 1,400 = 382,200."""
+    from pathlib import Path
+
+    from lct.config import resolve_workflow_experiment, run_length
+    from lct.estimate import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    wf = load_config([str(root / "config/authors_scripts.yaml")], repo=root)
+    slct, ilct = (resolve_workflow_experiment(wf, e) for e in ("ffhq_slct", "ffhq_ilct"))
+    assert slct.train.batch_size == 256 and run_length(slct)["iterations"] == 382_200
+    assert (ilct.train.batch_size, ilct.train.epochs, ilct.sample.two_step_index) == (224, 1050, 440)
+    assert resolve_workflow_experiment(wf, "celebahq_slct").train.batch_size == 128  # untouched
+    assert wf["name"] == "authors_scripts" and wf["data_from"] == "paper"
