@@ -5,7 +5,7 @@
 
 Prints, for the UNet at the given batch on the current device, three rows: the authors' settings
 (fp32, TF32 on as their train_cm_latent.py sets it, eager, NCHW), the paper configuration as it will
-train here (config/config.yaml's precision fp32 with lct.train.fast_path's other switches on this
+train here (config/config.yaml's precision fp32 with lct.model.fast_path's other switches on this
 device: channels_last, torch.compile, TF32 on a GPU), and the bf16 fast path (GPUs); images/s,
 ratios against the authors' row, the achieved TFLOP/s from the FLOPs of one step counted by torch's
 FlopCounterMode, the utilisation against the device's dense peak, and OT's share of a step at batch
@@ -23,7 +23,8 @@ import torch
 
 from lct.config import resolve_experiment
 from lct.model import EMA, build_model, make_optimizer
-from lct.train import configure_fast_path, fast_path, make_objective
+from lct.model import configure_fast_path, fast_path  # the public functions lct train uses
+from lct.objectives import build_objective
 
 # Dense peaks (TFLOP/s, no sparsity) from the vendors' data sheets, for the utilisation column.
 PEAKS_TFLOPS = {
@@ -53,7 +54,7 @@ def make_step(size: str, batch: int, resolution: int, channels: int, device: tor
     net = torch.compile(model) if fast["compile"] else model
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     ema = EMA(model, cfg.train.ema_decays)
-    objective = make_objective(cfg, cfg.train.total_steps)
+    objective = build_objective(cfg, cfg.train.total_steps)
     mf = torch.channels_last if fast["channels_last"] else torch.contiguous_format
     g = torch.Generator(device).manual_seed(0)
     x0 = torch.randn(batch, channels, resolution, resolution, generator=g, device=device).contiguous(memory_format=mf)

@@ -87,3 +87,26 @@ def load_checkpoint_model(path: str | Path, ema: str | None = "0.99993", device:
     model.to(device).eval().requires_grad_(False)
     info = {"step": int(state["step"]), "ema": ema, "path": str(path), "data": state["data"]}
     return model, cfg, info
+
+
+def fast_path(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
+    """Which parts of the fast path are on: each train switch, or (None / "auto") on with CUDA."""
+    t, cuda = cfg.train, device.type == "cuda"
+
+    def pick(v: bool | None) -> bool:
+        return cuda if v is None else bool(v)
+
+    precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
+    return {"precision": precision, "compile": pick(t.compile), "tf32": pick(t.tf32),
+            "channels_last": pick(t.channels_last)}
+
+
+def configure_fast_path(model: torch.nn.Module, fast: dict[str, Any], device: torch.device) -> None:
+    """bf16 autocast around the UNet only (its output is cast back to float32 before the
+    preconditioning and the losses), TF32 for the float32 parts, channels_last weights."""
+    model.autocast_dtype = torch.bfloat16 if fast["precision"] == "bf16" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = fast["tf32"]
+        torch.backends.cudnn.allow_tf32 = fast["tf32"]
+    if fast["channels_last"]:
+        model.to(memory_format=torch.channels_last)

@@ -54,7 +54,8 @@ import torch
 from lct import checkpoint as ckio
 from lct import distributed as ddist
 from lct.config import BOOKKEEPING_KEYS, SAMPLING_KEYS, ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
-from lct.model import EMA, build_model, load_checkpoint_model, make_optimizer  # noqa: F401 (re-exported)
+from lct.model import (EMA, build_model, configure_fast_path, fast_path, load_checkpoint_model,  # noqa: F401
+                       make_optimizer)  # (re-exported)
 from lct.batches import BatchPipeline, DataOrder, step_seed  # noqa: F401 (DataOrder re-exported)
 from lct.data import DataError
 from lct.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
@@ -292,29 +293,6 @@ def load_teacher(cfg: ExperimentConfig, teacher: str | Path | torch.nn.Module, s
             raise ConfigError(f"experiment {cfg.name!r}: distill.init_from_teacher needs the teacher's network, but "
                               f"{'; '.join(diff)}; match the network or set distill.init_from_teacher: false")
     return model
-
-
-def fast_path(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
-    """Which parts of the fast path are on: each train switch, or (None / "auto") on with CUDA."""
-    t, cuda = cfg.train, device.type == "cuda"
-
-    def pick(v: bool | None) -> bool:
-        return cuda if v is None else bool(v)
-
-    precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
-    return {"precision": precision, "compile": pick(t.compile), "tf32": pick(t.tf32),
-            "channels_last": pick(t.channels_last)}
-
-
-def configure_fast_path(model: torch.nn.Module, fast: dict[str, Any], device: torch.device) -> None:
-    """bf16 autocast around the UNet only (its output is cast back to float32 before the
-    preconditioning and the losses), TF32 for the float32 parts, channels_last weights."""
-    model.autocast_dtype = torch.bfloat16 if fast["precision"] == "bf16" else None
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = fast["tf32"]
-        torch.backends.cudnn.allow_tf32 = fast["tf32"]
-    if fast["channels_last"]:
-        model.to(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager
