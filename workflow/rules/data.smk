@@ -110,6 +110,8 @@ rule latent_variant:
         f"{DATA}/data/{{dataset}}/latents-{{normalization}}/norm.npz",
     log:
         f"{DATA}/logs/encode/{{dataset}}-{{normalization}}.log",
+    conda:
+        ENV_LIGHT
     params:
         out=R.output_dir,
     shell:
