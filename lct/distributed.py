@@ -59,20 +59,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any rank (keeps ranks in lock-step). A 0-d tensor flag is
-    reduced on its device and read once: one host synchronisation in all."""
-    if not dist.is_initialized():
-        return bool(flag)
-    if isinstance(flag, torch.Tensor):
-        t = flag.detach().float().reshape(1).to(device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def any_flags(bad: torch.Tensor, stop: bool) -> tuple[bool, bool]:
     """(any rank's `bad` device flag, any rank's `stop`) with ONE host read: the training step's only
     synchronisation. The host flag is written on the device by a fill (no copy); several ranks all-reduce
