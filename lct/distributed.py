@@ -122,7 +122,7 @@ class GradientAverager:
 
     def _launch(self, i: int) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.buckets[i]]
-        flat = torch._utils._flatten_dense_tensors(grads)
+        flat = torch.cat([g.reshape(-1) for g in grads])  # a copy even for a one-parameter bucket (never a view of .grad)
         self._launched.append((flat, dist.all_reduce(flat, async_op=True)))
 
     def _launch_ready(self) -> None:

@@ -101,6 +101,24 @@ def fast_path(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
             "channels_last": pick(t.channels_last)}
 
 
+def compile_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> torch.nn.Module:
+    """torch.compile each residual block of `model` on its own (regional compilation), in place.
+
+    Why not torch.compile(model): a whole-model graph has ONE backward node, so every parameter's
+    gradient becomes ready only when the whole backward has finished, and the bucket all-reduces of
+    lct.distributed.GradientAverager wait for the end of the backward instead of overlapping it. One
+    compiled region per block gives one backward node per block: gradients become ready block by
+    block from the output back, and the late blocks' buckets are averaged while the early blocks'
+    backward computes. Blocks of the same shape share their compiled code, so compiling takes less
+    time too. The module keeps its type and state_dict keys (no `_orig_mod.` prefix)."""
+    from lct.nn.unet import ResBlock
+
+    for m in model.modules():
+        if isinstance(m, ResBlock):
+            m.compile(**compile_kwargs)
+    return model
+
+
 def configure_fast_path(model: torch.nn.Module, fast: dict[str, Any], device: torch.device) -> None:
     """bf16 autocast around the UNet only (its output is cast back to float32 before the
     preconditioning and the losses), TF32 for the float32 parts, channels_last weights."""

@@ -222,14 +222,13 @@ class DistillationObjective:
         self.sigmas = S.karras_sigmas(dc.num_timesteps, sc.sigma_min, sc.sigma_max, sc.rho)  # ascending, float64
         self.probs = S.index_probs(self.sigmas, sc, dc.skip)
         self.target: nn.Module | None = None  # theta- (None: stopgrad of the online network)
-        self._target_call: nn.Module | None = None
 
     # -- the target network theta- (state of the objective) --
-    def attach(self, model: nn.Module, compile: bool = False) -> None:
-        """Make theta- = theta (a frozen copy; the fast-path settings of `model` come with it)."""
+    def attach(self, model: nn.Module) -> None:
+        """Make theta- = theta (a frozen copy; the fast-path settings of `model` come with it; the
+        loop compiles it as it compiles `model`, lct.model.compile_blocks)."""
         if self.cfg.distill.target_ema > 0:
             self.target = copy.deepcopy(model).requires_grad_(False)
-            self._target_call = torch.compile(self.target) if compile else self.target
 
     @torch.no_grad()
     def after_update(self, model: nn.Module) -> None:
@@ -279,7 +278,7 @@ class DistillationObjective:
         with shared_rng(dropout_seed, device):
             f_student = net(x_hi, t_hi_x)  # f_theta(x_{t_{n+k}}, t_{n+k})
         with torch.no_grad(), shared_rng(dropout_seed, device):
-            f_target = (self._target_call or net)(x_lo, t_lo_x)  # f_theta-(x_hat_{t_n}, t_n)
+            f_target = (net if self.target is None else self.target)(x_lo, t_lo_x)  # f_theta-(x_hat_{t_n}, t_n)
 
         c = S.scale_c(self.cfg, step, self.total_steps, x0[0].numel())
         loss = lam_x * self.distance(f_student, f_target, c, lcfg.reduction)  # CM's CD loss with a robust d

@@ -52,7 +52,7 @@ import torch
 from lct import checkpoint as ckio
 from lct import distributed as ddist
 from lct.config import BOOKKEEPING_KEYS, SAMPLING_KEYS, ConfigError, ExperimentConfig, load_experiment, save_experiment, validate
-from lct.model import (EMA, build_model, configure_fast_path, fast_path, load_checkpoint_model,  # noqa: F401
+from lct.model import (EMA, build_model, compile_blocks, configure_fast_path, fast_path, load_checkpoint_model,  # noqa: F401
                        make_optimizer)  # (re-exported)
 from lct.batches import BatchPipeline, DataOrder, step_seed  # noqa: F401 (DataOrder re-exported)
 from lct.data import DataError
@@ -412,10 +412,14 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         if teacher_net is not None:
             configure_fast_path(teacher_net, fast, dev)
         if hasattr(objective, "attach"):  # distillation's EMA target theta- (a copy of the online weights)
-            objective.attach(model, compile=fast["compile"])
+            objective.attach(model)
+            if fast["compile"] and objective.target is not None:
+                compile_blocks(objective.target)
             if state is not None:
                 objective.load_state_dict(state.get("objective") or {})
-        net: torch.nn.Module = torch.compile(model) if fast["compile"] else model  # online and target share it
+        # Compiled per block (compile_blocks: gradients ready block by block, so the averaging overlaps
+        # the backward); the online and target passes share the compiled blocks.
+        net: torch.nn.Module = compile_blocks(model) if fast["compile"] else model
         # Several ranks: gradients averaged in fixed buckets (ddist.GradientAverager, not DDP, whose
         # re-packed buckets would make a resumed run differ from an uninterrupted one).
         averager = ddist.GradientAverager(list(model.parameters()), world) if world > 1 else None

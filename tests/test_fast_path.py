@@ -101,21 +101,26 @@ def test_bf16_unet_output_is_float32_before_the_preconditioning():
 
 @pytest.mark.slow
 def test_torch_compile_is_float32_roundoff(reference, monkeypatch):
-    """The compiled path (Dynamo graph capture, AOT autograd, one module for the online and target
-    passes). On this CPU the aot_eager backend stands in for Inductor's code generation, which takes
-    minutes here; the GPU benchmark (benchmarks/train_step.py) runs Inductor itself."""
+    """The compiled path (Dynamo graph capture, AOT autograd, one compiled region per residual block,
+    lct.model.compile_blocks, shared by the online and target passes). On this CPU the aot_eager
+    backend stands in for Inductor's code generation, which takes minutes here; the GPU benchmark
+    (benchmarks/train_step.py) runs Inductor itself."""
+    from lct.nn.unet import ResBlock
+
     calls = []
     real = torch.compile
 
-    def compile_aot_eager(model, **kw):
-        calls.append(model)
-        return real(model, backend="aot_eager", **kw)
+    def compile_aot_eager(fn, **kw):
+        calls.append(fn)
+        return real(fn, backend="aot_eager", **kw)
 
     monkeypatch.setattr(torch, "compile", compile_aot_eager)
     tmp, ref, init = reference
     assert rel_diff(run(tmp, "compiled", compile=True), ref, init) < 1e-4
-    assert len(calls) == 1  # one compiled module serves both passes
-
+    blocks = sum(isinstance(m, ResBlock) for m in build_model(resolve_experiment("slct", {"network": {"size": "tiny"}, "train": {"total_steps": 4}}),
+                                                               8, 1).modules())
+    assert len(calls) == blocks  # one region per block, compiled once: the online and target passes share it
+    assert all(getattr(fn, "__self__", None).__class__ is ResBlock for fn in calls)
 
 
 def test_fast_path_defaults_follow_the_device():
