@@ -69,23 +69,25 @@ def apply_image_format(images: np.ndarray, image_format: str, quality: int = DEF
 
 
 class StageTimer:
-    """Wall time per stage of an evaluation (sampling, decoding, jpeg, features, statistics); on a GPU
+    """Wall time per stage of an evaluation (sampling, decoding, jpeg_resize, features, statistics); on a GPU
     each stage ends with a synchronisation so its kernels are counted where they ran."""
 
-    STAGES = ("sampling", "decoding", "jpeg", "features", "statistics")
+    STAGES = ("sampling", "decoding", "jpeg_resize", "features", "statistics")
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.seconds = {s: 0.0 for s in self.STAGES}
         self.images = 0
+        self.wall = 0.0  # elapsed time of the image stream; the CPU stage overlaps the device stages
 
     @contextlib.contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str, sync: bool = True):
+        """Time one stage; `sync=False` for CPU work on another thread (it must not wait for the device)."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            if self.device.type == "cuda":
+            if sync and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.seconds[name] += time.perf_counter() - t0
 
@@ -93,7 +95,8 @@ class StageTimer:
         total = sum(self.seconds.values())
         per = {s: {"seconds": round(v, 3), "images_per_s": round(self.images / v, 2) if v > 0 and s != "statistics"
                    else None} for s, v in self.seconds.items()}
-        return {"images": self.images, "total_seconds": round(total, 3), "stages": per}
+        return {"images": self.images, "total_seconds": round(total, 3), "wall_seconds": round(self.wall, 3),
+                "stages": per}
 
     def line(self) -> str:
         return ", ".join(f"{s} {v:.1f}s" for s, v in self.seconds.items())
@@ -287,23 +290,48 @@ def load_ref(path: str | Path) -> dict[str, Any]:
 
 def shard_features(images: Iterator[np.ndarray], extractors: dict[str, Any], image_format: str, quality: int,
                    export: tuple[Path, list[int]] | None = None, timer: StageTimer | None = None) -> dict[str, np.ndarray]:
-    """Features of a stream of uint8 NHWC batches, after the image-format round trip; optionally export."""
+    """Features of a stream of uint8 NHWC batches, after the image-format round trip; optionally export.
+
+    Pipelined one batch deep: the CPU half of batch k (export, JPEG round trip, each extractor's resize:
+    timed as stage "jpeg_resize") runs on a stager thread, its per-image work on the pool of the job's CPUs,
+    while the main thread runs the device work: the feature networks on batch k-1 and the sampling and
+    decoding of batch k+1 (the `images` iterator). The features and their order are those of the
+    sequential loop.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     timer = timer or StageTimer()
     feats: dict[str, list[np.ndarray]] = {n: [] for n in extractors}
-    done = 0
-    for batch in images:
-        if export is not None:
-            folder, seeds = export
-            ext = "jpg" if image_format == "jpeg" else "png"
-            for b, s in zip(encode_images(batch, image_format, quality), seeds[done : done + len(batch)]):
-                (folder / f"{s:06d}.{ext}").write_bytes(b)
-        with timer.stage("jpeg"):
+    t0 = time.perf_counter()
+
+    def prepare(batch: np.ndarray, first: int) -> dict[str, np.ndarray]:
+        with timer.stage("jpeg_resize", sync=False):
+            if export is not None:
+                folder, seeds = export
+                ext = "jpg" if image_format == "jpeg" else "png"
+                for b, s in zip(encode_images(batch, image_format, quality), seeds[first : first + len(batch)]):
+                    (folder / f"{s:06d}.{ext}").write_bytes(b)
             seen = apply_image_format(batch, image_format, quality)
+            return {n: ex.prepare(seen) for n, ex in extractors.items()}
+
+    def embed(prepared: Future) -> None:
+        ready = prepared.result()
         with timer.stage("features"):
             for n, ex in extractors.items():
-                feats[n].append(ex(seen))
-        done += len(batch)
-        timer.images += len(batch)
+                feats[n].append(ex.embed(ready[n]))
+
+    done, pending = 0, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lct-stager") as stager:
+        for batch in images:  # next(): sampling and decoding of this batch, beside the previous batch's CPU half
+            prepared = stager.submit(prepare, batch, done)
+            if pending is not None:
+                embed(pending)
+            pending = prepared
+            done += len(batch)
+            timer.images += len(batch)
+        if pending is not None:
+            embed(pending)
+    timer.wall += time.perf_counter() - t0
     return {n: np.concatenate(v).astype(np.float32) for n, v in feats.items()}
 
 

@@ -112,18 +112,25 @@ class FeatureExtractor:
     fn_resize: Callable[[np.ndarray], np.ndarray]
     device: torch.device
 
-    @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, C] (C = 1 or 3) -> float32 features [B, D]."""
+        return self.embed(self.prepare(images))
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """The CPU half: uint8 [B, H, W, C] -> float32 [B, 3, h, w] at the network's input size, resized
+        per image by clean-fid's resizer (PIL / torch, both release the GIL) on a pool of the job's CPUs."""
         images = np.asarray(images)
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"{self.name}: expected uint8 [B, H, W, C], got {images.dtype} {images.shape}")
         if images.shape[-1] == 1:  # clean-fid opens every file with .convert('RGB')
             images = np.repeat(images, 3, axis=-1)
-        # clean-fid's resizers (PIL / torch, both release the GIL) on a pool of the job's CPUs
-        batch = np.stack(list(image_pool().map(lambda im: np.asarray(self.fn_resize(im), np.float32).transpose(2, 0, 1),
-                                          images)))
-        # Its own batch on the device (lct.memory): what fits the card's free memory
+        return np.stack(list(image_pool().map(lambda im: np.asarray(self.fn_resize(im), np.float32).transpose(2, 0, 1),
+                                               images)))
+
+    @torch.no_grad()
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """The device half: `prepare`'s output -> float32 features [B, D], in sub-batches of what fits the
+        card's free memory (lct.memory)."""
         step = fit_batch("vgg16" if "vgg" in self.name else "inception", len(batch), self.device, batch.shape[-1])
         feats = [self.model_fn(torch.from_numpy(batch[i : i + step]).to(self.device)).detach().float().cpu()
                  for i in range(0, len(batch), step)]

@@ -141,7 +141,7 @@ def test_evaluate_cli_end_to_end(setup, tmp_path):
     assert 0 <= res["recall"] <= 1 and 0 <= res["precision"] <= 1 and len(res["checkpoint_sha256"]) == 64
     assert res["image_format"] == "png" and res["jpeg_quality"] is None
     stages = res["timing"]["stages"]  # streamed, timed per stage, nothing written but the exports asked for
-    assert set(stages) == {"sampling", "decoding", "jpeg", "features", "statistics"} and res["timing"]["images"] == 48
+    assert set(stages) == {"sampling", "decoding", "jpeg_resize", "features", "statistics"} and res["timing"]["images"] == 48
     assert all(v["seconds"] >= 0 for v in stages.values()) and stages["sampling"]["images_per_s"] > 0
     assert not (out.parent / (out.name + ".shards")).exists()  # cache removed after success
     # The shard cache is keyed by everything that changes an image: rerun keeping shards, then ask for
@@ -195,3 +195,38 @@ def test_a_bad_reference_or_model_stops_before_sampling_and_nothing_non_finite_i
     with pytest.raises(ValueError):
         ev._atomic_json(tmp_path / "x.json", {"fid": float("nan")})
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_cpu_half_of_a_batch_runs_while_the_next_batch_is_generated():
+    """shard_features is pipelined (issue 22, item 5): batch k's JPEG round trip and resizes run while
+    batch k+1 is sampled and decoded. Here batch k's CPU half waits until the generator has been asked
+    for batch k+1: a sequential loop never asks, and the test fails on the timeout."""
+    import threading
+
+    n = 4
+    resumed = [threading.Event() for _ in range(n + 1)]  # resumed[k]: the generator was asked for batch k
+
+    def images():
+        for k in range(n):
+            resumed[k].set()
+            yield np.full((2, 4, 4, 3), k, np.uint8)
+        resumed[n].set()
+
+    class Extractor:
+        def __init__(self):
+            self.prepared = 0
+
+        def prepare(self, batch):
+            k = self.prepared
+            self.prepared += 1
+            if not resumed[k + 1].wait(timeout=20):
+                raise AssertionError(f"batch {k}'s CPU half did not overlap the generation of batch {k + 1}")
+            return batch.astype(np.float32)
+
+        def embed(self, batch):
+            return batch.reshape(len(batch), -1)[:, :1]
+
+    timer = ev.StageTimer()
+    feats = ev.shard_features(images(), {"x": Extractor()}, "png", 75, timer=timer)
+    assert feats["x"][:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # the order of the sequential loop
+    assert timer.images == 2 * n and timer.wall > 0
