@@ -73,6 +73,7 @@ class TrainConfig:
     total_steps: int | None = None  # Training length in iterations (one of total_steps, epochs).
     epochs: float | None = None  # Training length in epochs of the training set (paper: 1400 or 1800).
     num_images: int | None = None  # Training split: the first N images of the dataset (images.npy order = sorted file names); None = all.
+    flip_copies: bool = False  # Also train on the split's horizontally mirrored images (encoded as images: the authors' church256_flip): 2 x num_images samples.
     optimizer: str = "radam"  # "radam" (paper) or "adam".
     lr: float = 1e-4  # Learning rate, constant.
     weight_decay: float = 1e-4  # Weight decay.
@@ -239,6 +240,8 @@ def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> E
     split = ((workflow_config.get("datasets") or {}).get(e["dataset"]) or {}).get("train_split") or {}
     if split.get("count"):  # datasets.<d>.train_split: the first N images train (the authors' split)
         defaults = merge(defaults, {"train": {"num_images": int(split["count"])}})
+    if split.get("flip"):  # ... and the encodings of their mirror images (the authors' church256_flip)
+        defaults = merge(defaults, {"train": {"flip_copies": True}})
     overrides = e.get("overrides") or {}
     if e.get("teacher"):  # experiments.<e>.teacher: the teacher run of objective distillation
         overrides = merge(overrides, {"distill": {"teacher": e["teacher"]}})
@@ -299,13 +302,16 @@ def with_sampling(cfg: "ExperimentConfig", items: list[str], where: str = "--sam
 
 def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str, Any] | None:
     """Iterations K and the curriculum's stage boundaries of an experiment, when they follow from its config
-    (train.total_steps, or train.epochs with train.num_images / `num_images`); None when the data size is needed."""
+    (train.total_steps, or train.epochs with train.num_images / `num_images`, the images before any mirrored
+    copies); None when the data size is needed. With train.flip_copies an epoch is twice the split."""
     import math
 
     from lct import curriculum as S  # torch-free: the workflow's config writers call this
 
     t = cfg.train
     n = t.num_images or num_images
+    if n and t.flip_copies:
+        n = 2 * n
     if t.total_steps is not None:
         k_total = steps = int(t.total_steps)
     elif n and t.length_rule == "authors_loop":
@@ -362,7 +368,8 @@ def save_experiment(cfg: ExperimentConfig, path: str | Path, note: str | None = 
     header = ""
     length = run_length(cfg)
     if length is not None:
-        header = (f"# Derived (lct.config.run_length): {length['images'] or 'all'} training images, "
+        mirrors = f" ({length['images'] // 2:,} and their mirror images)" if cfg.train.flip_copies and length["images"] else ""
+        header = (f"# Derived (lct.config.run_length): {length['images'] or 'all'} training images{mirrors}, "
                   f"{length['iterations']:,} iterations")
         if length["steps"] != length["iterations"]:
             header += (f" (K of the schedules); {length['steps']:,} optimizer steps run "

@@ -84,6 +84,30 @@ class DataError(RuntimeError):
 # ----------------------------------------------------------------------------- loading
 
 
+def load_flip_copies(path: str | Path, split: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """The mirror images of the training split `split` (train.flip_copies), as the split is stored: for a
+    latents dir the first len(split) rows of latents_flip.npy (`lct encode --flip-count`: the mirrored
+    images encoded), normalized like the split; for a pixel dataset the split mirrored."""
+    import torch
+
+    path = Path(path)
+    if not (path / "latents.npy").is_file():
+        return torch.flip(split, dims=[-1])
+    from lct.vae import LatentNormalizer
+
+    f = path / "latents_flip.npy"
+    if not f.is_file():
+        raise DataError(f"{f} is missing: train.flip_copies needs the latents of the mirrored images; set "
+                        f"datasets.<dataset>.train_split.flip (the encode rule reruns), or by hand `lct encode "
+                        f"--flip-count {len(split)} --out {path}`")
+    raw = np.load(f, mmap_mode="r")
+    if len(raw) < len(split) or raw.shape[1:] != tuple(split.shape[1:]):
+        raise DataError(f"{f} holds {len(raw)} latents of shape {list(raw.shape[1:])}, the split {len(split)} of "
+                        f"{list(split.shape[1:])}; re-encode with `lct encode --flip-count {len(split)} --out {path}`")
+    norm = LatentNormalizer.load(path / "norm.npz")
+    return norm.normalize(torch.from_numpy(np.array(raw[: len(split)], dtype=np.float32)))
+
+
 def load_training_data(path: str | Path) -> tuple["torch.Tensor", dict[str, Any]]:  # noqa: F821
     """Training tensor float32 [N, C, H, W] and an info dict.
 

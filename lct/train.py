@@ -351,10 +351,16 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
                                   f"lower datasets.<dataset>.train_split.count or prepare the full dataset")
             data = data[: t.num_images]
             info = {**info, "split": f"first {t.num_images} of {info['shape'][0]}"}
+        split_n = data.shape[0]  # the schedules count epochs of the split (x 2 with its mirror images)
+        if t.flip_copies:  # the split, then its mirror images encoded as images (the authors' church256_flip)
+            from lct.data import load_flip_copies
+
+            data = torch.cat([data, load_flip_copies(data_path, data)])
+            info = {**info, "split": f"{info.get('split', f'all {split_n}')} and their {split_n} mirror images"}
         n, shape = data.shape[0], list(data.shape)
         if dev.type == "cuda" and data.numel() * 4 <= 8 << 30:
             data = data.to(dev)  # encoded latents fit on the GPU: no host-to-device copy per step
-        total = total_steps_for(cfg, n)
+        total = total_steps_for(cfg, split_n)
 
         with _fork_rng(dev):  # weights depend on train.seed only, identical on every rank
             torch.manual_seed(t.seed)
@@ -372,7 +378,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
         configure_fast_path(model, fast, dev)
         ema = EMA(model, t.ema_decays)
         opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-        objective = make_objective(cfg, schedule_steps_for(cfg, n), resources, teacher_net)
+        objective = make_objective(cfg, schedule_steps_for(cfg, split_n), resources, teacher_net)
         order = DataOrder(n, t.seed, t.batch_size, rank, world)
         data_meta = {"path": str(data_path), "shape": shape, "info": ckio.plain(info)}
         log = JsonlLog(run_dir / "log.jsonl")
@@ -401,7 +407,7 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             # Printed under --quiet too (it only hides the progress bar): the job log says where a run resumed.
             from lct.config import run_length
 
-            stages = (run_length(cfg, n) or {}).get("curriculum")
+            stages = (run_length(cfg, split_n) or {}).get("curriculum")
             if stages:
                 print("lct train: curriculum (eq. 10): " + ", ".join(
                     f"N={c['N']} from iteration {c['from_iteration']}" for c in stages), file=sys.stderr)

@@ -50,26 +50,31 @@ class LatentNormalizer:
     target_std: float
 
     @classmethod
-    def fit(cls, raw: np.ndarray, mode: str, chunk: int = 4096, count: int | None = None) -> "LatentNormalizer":
+    def fit(cls, raw: np.ndarray, mode: str, chunk: int = 4096, count: int | None = None,
+            extra: np.ndarray | None = None) -> "LatentNormalizer":
         """Statistics of raw latents [N, C, H, W] (float64 accumulation, chunked for memmaps): over the first
-        `count` (the training split; None: all), per element, std Bessel-corrected, as the authors'
-        extract_stat.py computes them (`torch.std_mean(feats, dim=0)`)."""
+        `count` (the training split; None: all) and every row of `extra` (the split's mirror images, if it
+        trains on them), per element, std Bessel-corrected, as the authors' extract_stat.py computes them
+        (`torch.std_mean(feats, dim=0)` over the training set)."""
         if mode not in NORMALIZATIONS:
             raise VAEError(f"normalization {mode!r}: choose one of {NORMALIZATIONS}")
         shape = raw.shape[1:]
         if mode == "sd_scale":
             return cls(mode, SD_SCALE, np.zeros(shape, np.float32), np.ones(shape, np.float32), 1.0)
-        n = len(raw) if count is None else int(count)
-        if not 2 <= n <= len(raw):
+        k = len(raw) if count is None else int(count)
+        parts = [(raw, min(k, len(raw)))] + ([(extra, len(extra))] if extra is not None else [])
+        n = sum(m for _, m in parts)
+        if not 2 <= n or k > len(raw):
             raise VAEError(f"latent statistics over the first {count} of {len(raw)} latents: need 2 <= count <= "
                            f"{len(raw)}; check datasets.<name>.train_split.count")
-        s1 = np.zeros(shape, np.float64)
-        for i in range(0, n, chunk):  # two passes (mean, then squared deviations): no cancellation
-            s1 += np.asarray(raw[i : min(n, i + chunk)], dtype=np.float64).sum(0) * SD_SCALE
-        mean = s1 / n
-        s2 = np.zeros(shape, np.float64)
-        for i in range(0, n, chunk):
-            s2 += np.square(np.asarray(raw[i : min(n, i + chunk)], dtype=np.float64) * SD_SCALE - mean).sum(0)
+
+        def chunks():
+            for arr, m in parts:
+                for i in range(0, m, chunk):
+                    yield np.asarray(arr[i : min(m, i + chunk)], dtype=np.float64) * SD_SCALE
+
+        mean = sum(c.sum(0) for c in chunks()) / n  # two passes (mean, then squared deviations): no cancellation
+        s2 = sum(np.square(c - mean).sum(0) for c in chunks())
         std = np.sqrt(s2 / (n - 1))  # Bessel's correction, as torch.std
         std = np.maximum(std, 1e-6)  # a constant element (e.g. a padded border) must not divide by 0
         return cls(mode, SD_SCALE, mean.astype(np.float32), std.astype(np.float32), STANDARDIZE_STD)

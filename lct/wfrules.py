@@ -214,10 +214,11 @@ class Rules:
     def encode_args(self, wildcards) -> str:
         """`lct encode` flags: the VAE, datasets.<name>.normalization and .posterior (the paper: one seeded sample)."""
         d = self.config["datasets"][wildcards.dataset]
-        split = (d.get("train_split") or {}).get("count")  # statistics over the training split (extract_stat.py)
+        split = d.get("train_split") or {}  # statistics over the training split (extract_stat.py)
         return (f"--vae {self.vae_dir(d['vae'])} --normalization {d.get('normalization', 'standardize')} "
                 f"--posterior {d.get('posterior', 'mean')} --seed {d.get('posterior_seed', 0)}"
-                + (f" --stats-count {split}" if split else ""))
+                + (f" --stats-count {split['count']}" if split.get("count") else "")
+                + (f" --flip-count {split['count']}" if split.get("flip") else ""))  # and its mirror images
 
     def encode_inputs(self, wildcards) -> dict[str, str]:
         vae = self.config["datasets"][wildcards.dataset]["vae"]

@@ -213,6 +213,33 @@ def test_training_split_sets_the_iteration_count(tmp_path, capsys):
     assert "train.num_images = 99" in capsys.readouterr().err
 
 
+def test_mirror_images_double_the_epoch(tmp_path, capsys):
+    """datasets.<d>.train_split.flip: the authors' LSUN Church set, 120,000 images and their mirror images
+    (church256_flip, 240,000): K = (240,000 // 256) x 1,800 = 1,686,600 (937 x 1,801 = 1,687,537 steps).
+    lct train draws from the split and its mirrors (on pixels: the split mirrored exactly)."""
+    from lct.config import resolve_workflow_experiment, run_length
+    from lct.data import load_flip_copies
+
+    wf = {"reading": "as_coded", "defaults": {}, "datasets": {"lsun": {"train_split": {"count": 120000, "flip": True}}},
+          "experiments": {"lsun_slct": {"dataset": "lsun", "preset": "slct",
+                                        "overrides": {"train": {"epochs": 1800, "batch_size": 256}}}}}
+    cfg = resolve_workflow_experiment(wf, "lsun_slct")
+    length = run_length(cfg)
+    assert cfg.train.flip_copies and length["images"] == 240_000
+    assert length["iterations"] == 1_686_600 and length["steps"] == 1_687_537
+    save_experiment(cfg, tmp_path / "c.yaml")
+    assert "240000 training images (120,000 and their mirror images), 1,686,600 iterations" in \
+        (tmp_path / "c.yaml").read_text().splitlines()[0]
+    data = make_dataset(tmp_path, n=16)
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 1, 3, 4)
+    torch.testing.assert_close(load_flip_copies(data, x)[..., 0], x[..., -1])  # pixels: mirrored
+    path = make_experiment(tmp_path, preset="ilct", total_steps=None, epochs=2, num_images=10, batch_size=4,
+                           checkpoint_every=100, log_every=1, flip_copies=True)
+    assert T.main(["--config", str(path), "--data", str(data), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    ckpt = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    assert ckpt["step"] == 10 and ckpt["data"]["shape"][0] == 20  # ceil(2 x 20 / 4): an epoch is the split and its mirrors
+
+
 def test_changed_settings_supersede_the_old_state_or_are_refused(tmp_path, capsys):
     """What the workflow relies on when an experiment's overrides change: `--on-config-change supersede`
     moves the old state aside (never deleted) and trains afresh; the default refuses."""

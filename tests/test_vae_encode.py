@@ -239,3 +239,44 @@ def test_renormalize_links_the_same_latents_with_another_normalization(tmp_path)
     torch.testing.assert_close(x, torch.from_numpy(raw) * SD_SCALE)
     std, _ = load_training_data(src)
     assert abs(float(std.std()) - 0.5) < 0.05  # the dataset's own: standardized to std 0.5
+
+
+@pytest.mark.slow  # shares the tiny-VAE training fixture (~5 s of CPU)
+def test_flip_count_encodes_the_mirror_images_and_fits_statistics_over_split_and_mirrors(demo, tmp_path):
+    """datasets.<d>.train_split.flip (the authors' church256_flip: 120,000 images and their mirror images):
+    `--flip-count C` encodes the mirrored images (not mirrored latents) into latents_flip.npy, leaves
+    latents.npy the originals', and fits the statistics over the split and its mirrors; training reads both."""
+    from lct.data import load_flip_copies
+
+    root, _ = demo
+    c = 50
+    s = enc.encode_dataset(root / "mnist", root / "vae", tmp_path / "f", batch_size=16, shard_size=40,
+                           posterior="mean", stats_count=c, flip_count=c)
+    assert s["count"] == N and s["flip_count"] == c and s["num_shards"] == 6  # 210 rows in shards of 40
+    lat, flip = np.load(tmp_path / "f" / "latents.npy"), np.load(tmp_path / "f" / enc.FLIP_FILE)
+    assert lat.shape[0] == N and flip.shape[0] == c
+    # the mirror images encoded as images: as an encode of a dataset of mirrored digits
+    images = np.load(root / "mnist" / "images.npy")
+    write_dataset(tmp_path / "mirrored", np.ascontiguousarray(images[:c, :, ::-1]), np.zeros(c, np.int64), {"dataset": "m"})
+    enc.encode_dataset(tmp_path / "mirrored", root / "vae", tmp_path / "m", batch_size=16, posterior="mean")
+    np.testing.assert_allclose(flip, np.load(tmp_path / "m" / "latents.npy"), atol=1e-5)
+    assert np.abs(flip - lat[:c, :, :, ::-1]).max() > 1e-3  # not the mirrored latents (a VAE is not equivariant)
+    plain = enc.encode_dataset(root / "mnist", root / "vae", tmp_path / "p", batch_size=16, posterior="mean")
+    np.testing.assert_allclose(lat, np.load(tmp_path / "p" / "latents.npy"), atol=1e-5)  # the originals unchanged
+    del plain
+    norm = LatentNormalizer.load(tmp_path / "f" / "norm.npz")
+    both = np.concatenate([lat[:c], flip]).astype(np.float64) * 0.18215
+    np.testing.assert_allclose(norm.mean, both.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norm.std, both.std(0, ddof=1), rtol=1e-4, atol=1e-6)
+    x, _ = load_training_data(tmp_path / "f")
+    mirrors = load_flip_copies(tmp_path / "f", x[:c])
+    torch.testing.assert_close(mirrors, norm.normalize(torch.from_numpy(flip)))
+    # a finished encode without mirrors is not taken as done, and a plain rerun removes the mirrors
+    assert enc.encode_dataset(root / "mnist", root / "vae", tmp_path / "p", batch_size=16, posterior="mean",
+                              flip_count=c)["flip_count"] == c
+    enc.encode_dataset(root / "mnist", root / "vae", tmp_path / "f", batch_size=16, posterior="mean", stats_count=c)
+    assert not (tmp_path / "f" / enc.FLIP_FILE).exists()
+    from lct.data import DataError
+
+    with pytest.raises(DataError, match="flip-count"):
+        load_flip_copies(tmp_path / "f", x[:c])
