@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ref-stats": ("lct.evaluate", "reference feature statistics of a dataset", "ref_stats_main"),
     "evaluate": ("lct.evaluate", "FID / Recall of one (experiment, NFE)"),
     "report": ("lct.report", "tables and figures beside the published numbers"),
+    "sweep": ("lct.sweep", "the 2-NFE intermediate index by a short FID per candidate (best, table)"),
     "estimate": ("lct.estimate", "GPU-hours per target; per experiment hours, job segments and retries"),
     "unet-params": ("lct.nn.params", "parameter count of the paper UNet for each norm"),
 }

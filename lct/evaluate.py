@@ -421,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler setting over the checkpoint's (sample.two_step_index, two_step_grid, diffusion_steps); "
                         "the workflow passes the experiment's current values (repeatable)")
+    p.add_argument("--sampling-file", default=None,
+                   help="a JSON whose `sampling` mapping is applied after --sampling (`lct sweep best`'s chosen index)")
     p.add_argument("--to-uint8", choices=["round", "truncate"], default="round",
                    help="samples to 8-bit: round to the nearest level, or truncate as the authors' scoring script")
     p.add_argument("--device", default="auto")
@@ -455,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = with_sampling(cfg, a.sampling)
+        if a.sampling_file:
+            chosen = (json.loads(Path(a.sampling_file).read_text()).get("sampling") or {})
+            cfg = with_sampling(cfg, [f"{k}={v}" for k, v in chosen.items()], where=f"--sampling-file {a.sampling_file}")
     except ConfigError as e:
         raise SystemExit(f"lct evaluate: {e}")
     codec = load_codec(a.data, vae_dir=a.vae, device=device, batch_size=a.batch_size,

@@ -65,6 +65,10 @@ def check_references(config: dict[str, Any]) -> None:
         for i, row in enumerate(table["rows"]):
             if row["experiment"] is not None and row["experiment"] not in exps:
                 fail(f"tables.{t}.rows[{i}].experiment = {row['experiment']!r} is not a key of `experiments`")
+    sweep = config.get("two_step_sweep") or {}
+    for i, e in enumerate(sweep.get("experiments") or []):
+        if e not in exps:
+            fail(f"two_step_sweep.experiments[{i}] = {e!r} is not a key of `experiments`")
     figs = config["figures"]
     named: list[tuple[str, str]] = []
     if "fig1" in figs:
@@ -153,6 +157,17 @@ def table_slice(config: dict[str, Any], table: str) -> dict[str, Any]:
     if table not in config["tables"]:
         raise ConfigError(f"workflow config: this config has no tables.{table} ({sorted(config['tables'])})")
     return {**_common(config), "tables": {table: config["tables"][table]}}
+
+
+def sweep_slice(config: dict[str, Any]) -> dict[str, Any]:
+    """What `lct sweep table` reads: the sweep, the tables naming its experiments, the evaluation protocol."""
+    sweep = config.get("two_step_sweep")
+    if not sweep:
+        raise ConfigError("workflow config: the two_step_sweep target needs a `two_step_sweep` section "
+                          "(num_samples, candidates, experiments; see config/config.yaml)")
+    names = set(sweep["experiments"])
+    tables = {k: t for k, t in config["tables"].items() if any(r["experiment"] in names for r in t["rows"])}
+    return {**_common(config), "two_step_sweep": sweep, "tables": tables}
 
 
 def figure_slice(config: dict[str, Any], figure: str) -> dict[str, Any]:

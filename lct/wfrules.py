@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lct.config import BOOKKEEPING_KEYS, flat_settings, weight_settings
-from lct.wfconfig import canonical, check_references, figure_slice, paper_tables, report_caption, resolve_all, table_slice
+from lct.wfconfig import (canonical, check_references, figure_slice, paper_tables, report_caption, resolve_all,
+                          sweep_slice, table_slice)
 from lct.wfsite import dataset_source_problem, report_source_problem, site_settings
 
 
@@ -51,6 +52,7 @@ class Rules:
         # `snakemake --report` after a partial run: targets keep only the files that exist, and
         # report_status() lists what is there and what is missing for the report's front page.
         self.report_mode = False
+        self._check_sweep()
 
     # ---- names and paths ------------------------------------------------------------------------
 
@@ -397,13 +399,73 @@ class Rules:
 
     def evaluate_args(self, wildcards) -> str:
         """`lct evaluate` flags of one cell: protocol, samples, EMA, k, and the FID reference file if any."""
+        return self._evaluate_flags(wildcards.experiment, self.ev["num_samples"])
+
+    def _evaluate_flags(self, experiment: str, num_samples: int) -> str:
         ev = self.ev
-        f = self.fid_reference_file(self.dataset_of(wildcards.experiment))
-        return (f"{self.eval_args()} --num-samples {ev['num_samples']} --ema {ev['ema']} "
+        f = self.fid_reference_file(self.dataset_of(experiment))
+        return (f"{self.eval_args()} --num-samples {num_samples} --ema {ev['ema']} "
                 f"--recall-k {ev.get('recall_k', 3)} --decode-precision {ev.get('decode_precision', 'fp32')}"
                 + (f" --to-uint8 {ev['to_uint8']}" if ev.get("to_uint8") else "")
-                + " " + self.sampling_args(wildcards.experiment)
+                + " " + self.sampling_args(experiment)
                 + (f" --fid-reference {f}" if f else ""))
+
+    # ---- the 2-NFE intermediate index chosen by a short FID (two_step_sweep, lct/sweep.py) --------
+
+    def _sweep(self) -> dict[str, Any]:
+        sweep = self.config.get("two_step_sweep")
+        if not sweep:
+            _fail("target two_step_sweep: this config has no `two_step_sweep` section (num_samples, candidates, "
+                  "experiments; see config/config.yaml)")
+        return sweep
+
+    def _check_sweep(self) -> None:
+        """Each candidate is an index of each swept experiment's grid (sample.two_step_grid)."""
+        sweep = self.config.get("two_step_sweep") or {}
+        for e in sweep.get("experiments") or []:
+            grid = self.experiments[e].sample.two_step_grid
+            bad = [c for c in sweep["candidates"] if c >= grid]
+            if bad:
+                _fail(f"two_step_sweep.candidates {bad} are not indices of experiment {e}'s {grid}-point grid "
+                      f"(sample.two_step_grid); allowed: 0 .. {grid - 1}")
+
+    def sweep_path(self, experiment: str, name: str) -> str:
+        return f"{self.results}/eval/{experiment}/sweep/{name}.json"
+
+    def sweep_candidate_args(self, wildcards) -> str:
+        """One candidate: the cell's flags at the sweep's sample count, the candidate's index last (it wins)."""
+        return (self._evaluate_flags(wildcards.experiment, self._sweep()["num_samples"])
+                + f" --sampling two_step_index={wildcards.index}")
+
+    def sweep_candidate_files(self, wildcards) -> list[str]:
+        return [self.sweep_path(wildcards.experiment, f"index{i}") for i in self._sweep()["candidates"]]
+
+    def sweep_mode(self) -> str:
+        """The FID mode that picks the index: the tables' primary mode."""
+        from lct.report import metric_info
+
+        return metric_info(self.config)["primary"]
+
+    def sweep_evaluate_inputs(self, wildcards) -> dict[str, Any]:
+        return {**self.evaluate_inputs(wildcards), "best": self.sweep_path(wildcards.experiment, "best")}
+
+    def sweep_table_inputs(self, wildcards) -> dict[str, Any]:
+        exps = self._sweep()["experiments"]
+        return {"evals": [self.sweep_path(e, n) for e in exps for n in ("best", "best_nfe2")],
+                "config": f"{self.results}/configs/tables/two_step_sweep.yaml", "published": self.config["published"]}
+
+    def sweep_caption(self) -> str:
+        sweep = self.config.get("two_step_sweep") or {}
+        return (f"2-NFE FID at the intermediate index chosen by the lowest {sweep.get('num_samples', 0):,}-sample FID "
+                f"among {sweep.get('candidates')}, as the authors chose theirs; the main tables keep the configured index.")
+
+    def sweep_slice_json(self, wildcards) -> str:
+        return canonical(sweep_slice(self.config))
+
+    def sweep_files(self, wildcards) -> list[str]:
+        """The `two_step_sweep` target."""
+        self._sweep()
+        return self._present([f"{self.results}/tables/two_step_sweep.{ext}" for ext in ("csv", "md")])
 
     def sampling_args(self, experiment: str) -> str:
         """The experiment's current sampler settings (sample.*), given to `lct evaluate` / `lct sample` over the

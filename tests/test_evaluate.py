@@ -230,3 +230,49 @@ def test_the_cpu_half_of_a_batch_runs_while_the_next_batch_is_generated():
     feats = ev.shard_features(images(), {"x": Extractor()}, "png", 75, timer=timer)
     assert feats["x"][:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # the order of the sequential loop
     assert timer.images == 2 * n and timer.wall > 0
+
+
+@pytest.mark.slow
+def test_the_sweep_picks_the_index_with_the_lowest_fid_on_a_tiny_run(setup, tmp_path):
+    """`lct evaluate --sampling two_step_index=I` per candidate at 2 NFE, then `lct sweep best` picks the
+    lowest FID and `lct evaluate --sampling-file` evaluates at it; the table names the choice."""
+    from lct import sweep
+
+    root, _ = setup
+    ref = tmp_path / "ref.npz"
+    assert ev.ref_stats_main(["--data", str(root / "mnist"), "--feature", "digit_classifier", "--resources", str(root),
+                              "--out", str(ref), "--image-format", "png", "--device", "cpu"]) == 0
+    ckpt = tiny_checkpoint(tmp_path / "runs" / "tiny" / "final.pt")
+    common = ["--checkpoint", str(ckpt), "--data", str(root / "mnist"), "--experiment", "tiny", "--nfe", "2",
+              "--ema", "0.99", "--feature", "digit_classifier", "--ref", str(ref), "--resources", str(root),
+              "--image-format", "png", "--batch-size", "16", "--device", "cpu"]
+    files = []
+    for index in (100, 320, 600):
+        files.append(tmp_path / "eval" / "tiny" / "sweep" / f"index{index}.json")
+        assert ev.main(common + ["--num-samples", "32", "--sampling", "two_step_index=420",
+                                 "--sampling", f"two_step_index={index}", "--out", str(files[-1])]) == 0
+    fids = {json.loads(f.read_text())["sampling"]["two_step_index"]: json.loads(f.read_text())["fid"]["frechet_digit"]
+            for f in files}
+    assert sorted(fids) == [100, 320, 600] and len(set(fids.values())) == 3  # the index changes the samples
+    best_file = tmp_path / "eval" / "tiny" / "sweep" / "best.json"
+    assert sweep.main(["best", "--mode", "frechet_digit", "--out", str(best_file), *map(str, files)]) == 0
+    best = json.loads(best_file.read_text())
+    assert best["sampling"]["two_step_index"] == min(fids, key=fids.get)
+    assert best["candidates"] == {str(i): f for i, f in sorted(fids.items())}
+    full = tmp_path / "eval" / "tiny" / "sweep" / "best_nfe2.json"
+    assert ev.main(common + ["--num-samples", "48", "--sampling-file", str(best_file), "--out", str(full)]) == 0
+    assert json.loads(full.read_text())["sampling"]["two_step_index"] == best["sampling"]["two_step_index"]
+    cfg = {"name": "t", "reading": "as_coded", "evaluation": {"feature": "digit_classifier", "num_samples": 48},
+           "two_step_sweep": {"num_samples": 32, "candidates": [100, 320, 600], "experiments": ["tiny"]},
+           "tables": {"table1a": {"published": "1a", "dataset": "mnist",
+                                  "rows": [{"model": "iLCT", "experiment": "tiny", "nfe": 2}]}}}
+    published = tmp_path / "pub.csv"
+    published.write_text("table,dataset,group,model,nfe,fid,recall,note\n1a,CelebA-HQ 256,Consistency,iLCT,2,9.50,0.40,\n")
+    paths = sweep.write_table(sweep.build_table(cfg, published, tmp_path / "eval"), tmp_path / "tables" / "two_step_sweep")
+    md = paths[1].read_text()
+    assert "chosen per experiment" in md and f"| {best['sampling']['two_step_index']} |" in md and "*" in md
+    # A candidate from another checkpoint cannot be compared
+    other = json.loads(files[0].read_text())
+    other["checkpoint_sha256"] = "0" * 64
+    files[0].write_text(json.dumps(other))
+    assert sweep.main(["best", "--mode", "frechet_digit", "--out", str(best_file), *map(str, files)]) == 2

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("run", {"lct.model", "lct.batches", "lct.train", "lct.sample", "lct.stats"}),
     ("evaluation", {"lct.classifier", "lct.metrics", "lct.evaluate"}),
     ("workflow config", {"lct.wfsite", "lct.wfconfig"}),
-    ("report", {"lct.estimate", "lct.figures", "lct.report"}),
+    ("report", {"lct.estimate", "lct.figures", "lct.report", "lct.sweep"}),
     ("workflow", {"lct.wfrules"}),
     ("command line", {"lct.cli", "lct.__main__"}),
 ]
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
 # training loop; the random weights of the tests are imported by no product module (the CLI names
 # them as a string).
 FORBIDDEN = [
-    ({"lct.evaluate", "lct.metrics", "lct.classifier", "lct.figures", "lct.report", "lct.estimate", "lct.sample",
+    ({"lct.evaluate", "lct.metrics", "lct.classifier", "lct.figures", "lct.report", "lct.sweep", "lct.estimate", "lct.sample",
       "lct.stats", "lct.wfrules", "lct.wfconfig", "lct.wfsite"}, {"lct.train"}),
     ({m for _, ms in LAYERS for m in ms} - {"lct.random_weights"}, {"lct.random_weights"}),
 ]

@@ -156,3 +156,32 @@ def test_sampler_settings_rescore_and_never_retrain(paper):
     assert not SAMPLING_KEYS & set(weight_settings(a.experiments["celebahq_slct"]))
     assert "--sampling two_step_index=420" in a.evaluate_args(w(experiment="celebahq_slct"))
     assert "--sampling two_step_index=440" in b.evaluate_args(w(experiment="celebahq_slct"))
+
+
+def test_the_two_step_sweep_scores_each_candidate_then_evaluates_the_best(paper, demo):
+    """two_step_sweep: one short evaluation per (experiment, candidate) with the candidate's index last
+    (over the experiment's own), the pick by the tables' primary FID mode, the full evaluation at it."""
+    r = Rules(paper)
+    args = r.sweep_candidate_args(w(experiment="celebahq_slct", index="440"))
+    assert "--num-samples 5000 " in args and args.endswith("--sampling two_step_index=440")
+    assert "--sampling two_step_index=420" in args  # the experiment's own, overridden by the candidate's
+    assert r.sweep_candidate_files(w(experiment="lsun_slct")) == [
+        f"results/paper/eval/lsun_slct/sweep/index{i}.json" for i in (400, 420, 440, 460)]
+    assert r.sweep_mode() == "legacy_pytorch"
+    assert r.sweep_evaluate_inputs(w(experiment="ffhq_ilct"))["best"] == "results/paper/eval/ffhq_ilct/sweep/best.json"
+    assert "--num-samples 50176 " in r.evaluate_args(w(experiment="ffhq_ilct"))  # the full count at the best
+    inputs = r.sweep_table_inputs(w())
+    assert len(inputs["evals"]) == 12 and inputs["config"].endswith("configs/tables/two_step_sweep.yaml")
+    assert r.sweep_files(w()) == ["results/paper/tables/two_step_sweep.csv", "results/paper/tables/two_step_sweep.md"]
+    bad = copy.deepcopy(paper)
+    bad["two_step_sweep"]["candidates"] = [420, 641]
+    with pytest.raises(WorkflowConfigError, match=r"two_step_sweep.candidates \[641\].*0 .. 640"):
+        Rules(bad)
+    none = copy.deepcopy(paper)
+    del none["two_step_sweep"]
+    with pytest.raises(WorkflowConfigError, match="no `two_step_sweep` section"):
+        Rules(none).sweep_files(w())
+    unknown = copy.deepcopy(paper)
+    unknown["two_step_sweep"]["experiments"] = ["celebahq_slct", "nope"]
+    with pytest.raises(Exception, match=r"two_step_sweep.experiments\[1\] = 'nope'"):
+        Rules(unknown)

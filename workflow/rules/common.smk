@@ -33,5 +33,6 @@ wildcard_constraints:
     figure="fig1|fig2|fig3",
     normalization="standardize|sd_scale",
     nfe=r"\d+",
+    index=r"\d+",
     vae=alternation([v for v, d in config["vaes"].items() if d["kind"] == "train"]),
     archive=r"[^/]+",

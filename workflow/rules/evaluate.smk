@@ -40,6 +40,64 @@ rule evaluate:
         "--out {output} > {log} 2>&1"
 
 
+# The 2-NFE intermediate index as the authors chose theirs (config `two_step_sweep`, lct/sweep.py):
+# each candidate index scored with a short FID, the lowest picked (a local rule), and the full
+# evaluation at it. The main tables keep each experiment's configured sample.two_step_index.
+rule sweep_candidate:
+    input:
+        unpack(R.evaluate_inputs),
+    output:
+        f"{RESULTS}/eval/{{experiment}}/sweep/index{{index}}.json",
+    log:
+        f"{RESULTS}/logs/sweep_candidate/{{experiment}}/index{{index}}.log",
+    conda:
+        ENV_GPU
+    resources:
+        **GPU_JOB,
+    params:
+        data=R.train_data_dir,
+        args=R.sweep_candidate_args,
+    shell:
+        "python -m lct evaluate --checkpoint {input.checkpoint} --data {params.data} "
+        "--experiment {wildcards.experiment} --nfe 2 --ref {input.ref} {params.args} "
+        "--out {output} > {log} 2>&1"
+
+
+rule sweep_best:
+    input:
+        R.sweep_candidate_files,
+    output:
+        f"{RESULTS}/eval/{{experiment}}/sweep/best.json",
+    log:
+        f"{RESULTS}/logs/sweep_best/{{experiment}}.log",
+    conda:
+        ENV_LIGHT
+    params:
+        mode=R.sweep_mode(),
+    shell:
+        "python -m lct sweep best --mode {params.mode} --out {output} {input} > {log} 2>&1"
+
+
+rule sweep_evaluate:
+    input:
+        unpack(R.sweep_evaluate_inputs),
+    output:
+        f"{RESULTS}/eval/{{experiment}}/sweep/best_nfe2.json",
+    log:
+        f"{RESULTS}/logs/sweep_evaluate/{{experiment}}.log",
+    conda:
+        ENV_GPU
+    resources:
+        **GPU_JOB,
+    params:
+        data=R.train_data_dir,
+        args=R.evaluate_args,
+    shell:
+        "python -m lct evaluate --checkpoint {input.checkpoint} --data {params.data} "
+        "--experiment {wildcards.experiment} --nfe 2 --ref {input.ref} {params.args} "
+        "--sampling-file {input.best} --out {output} > {log} 2>&1"
+
+
 # Figure 3: FID / Recall over training, one JSON per EMA snapshot (runs/<e>/snapshots/ema-*.pt).
 rule evaluate_snapshots:
     input:

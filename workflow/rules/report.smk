@@ -50,6 +50,42 @@ rule table:
         "--eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
 
 
+# The two_step_sweep table: candidates' short FIDs, the chosen index, the full evaluation at it.
+rule sweep_config:
+    output:
+        f"{RESULTS}/configs/tables/two_step_sweep.yaml",
+    log:
+        f"{RESULTS}/logs/table_config/two_step_sweep.log",
+    params:
+        content=R.sweep_slice_json,
+    run:
+        write_yaml(params.content, output[0], log[0])
+
+
+rule sweep_table:
+    input:
+        unpack(R.sweep_table_inputs),
+    output:
+        report(
+            f"{RESULTS}/tables/two_step_sweep.csv",
+            caption="../report/caption.rst",
+            category="Tables",
+            subcategory="two_step_sweep",
+        ),
+        f"{RESULTS}/tables/two_step_sweep.md",
+    log:
+        f"{RESULTS}/logs/table/two_step_sweep.log",
+    conda:
+        ENV_LIGHT
+    params:
+        eval_dir=f"{RESULTS}/eval",
+        out=R.output_prefix,
+        caption=R.sweep_caption(),
+    shell:
+        "python -m lct sweep table --config {input.config} --published {input.published} "
+        "--eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
+
+
 # One experiment's cells of every table citing it, beside the published numbers (the `cell` target).
 rule cell_result:
     input:
