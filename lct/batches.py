@@ -81,21 +81,21 @@ class Batch(NamedTuple):
     ot_wait_s: float  # time the step waited for it (on the path)
 
 
-def _solve(cost: torch.Tensor, event) -> tuple[np.ndarray, float]:
+def _solve(cost: torch.Tensor, event, group: int | None = None) -> tuple[np.ndarray, float]:
     if event is not None:
         event.synchronize()  # the copy of this cost only (queued before the step that runs meanwhile)
     t0 = time.perf_counter()
-    return solve_perm(cost.numpy()), time.perf_counter() - t0
+    return solve_perm(cost.numpy(), group), time.perf_counter() - t0
 
 
 class BatchPipeline:
     """`get(step)` returns step's Batch and starts step + 1's; use as a context manager (stops the worker)."""
 
     def __init__(self, data: torch.Tensor, order, seed: int, total: int, device: torch.device, *,
-                 ot: bool = False, rank: int = 0, world: int = 1,
+                 ot: bool = False, ot_group: int | None = None, rank: int = 0, world: int = 1,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.data, self.order, self.seed, self.total, self.dev = data, order, seed, total, device
-        self.ot, self.rank, self.world, self.memory_format = ot, rank, world, memory_format
+        self.ot, self.ot_group, self.rank, self.world, self.memory_format = ot, ot_group, rank, world, memory_format
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lct-ot") if ot and rank == 0 else None
         self._pending: dict[int, tuple[torch.Tensor, torch.Tensor, Future | None]] = {}
 
@@ -126,7 +126,7 @@ class BatchPipeline:
         future = None
         if self._pool is not None:
             cost, event = to_host_async(ot_cost(x0, noise))
-            future = self._pool.submit(_solve, cost, event)
+            future = self._pool.submit(_solve, cost, event, self.ot_group)
         return x0, noise, future
 
     def get(self, step: int) -> Batch:

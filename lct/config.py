@@ -65,6 +65,7 @@ class LossConfig:
     diffusion_weight: float = 1.0  # Weight of the diffusion loss in the sum.
     diffusion_variant: str = "paper"  # "paper": f(x_{t_i}, t_i) unweighted; "as_coded": larger sigma, 1/t^2 + 1/sigma_data^2.
     ot: bool = False  # Minibatch optimal-transport coupling of noise and data.
+    ot_group: int | None = None  # Pair within consecutive groups of this many samples of the global batch (the authors' multi-GPU runs: each GPU's share); None: the whole batch.
 
 
 @dataclass
@@ -478,6 +479,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "schedule.s1": (1, None, True, False),
     "schedule.p_std": (0.0, None, False, False),
     "loss.c0": (0.0, None, False, False),
+    "loss.ot_group": (1, None, True, False),
     "loss.diffusion_r": (0.0, 1.0, False, True),
     "loss.diffusion_weight": (0.0, None, True, False),
     "train.batch_size": (1, None, True, False),
@@ -556,6 +558,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"{where}: train.ema_decays is empty; give at least one decay in [0, 1), e.g. [0.99993]")
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"{where}: train.betas = {cfg.train.betas}; give two values in [0, 1), e.g. [0.9, 0.999]")
+    og = cfg.loss.ot_group
+    if og is not None and cfg.train.batch_size % og:
+        raise ConfigError(f"{where}: loss.ot_group = {og} does not divide train.batch_size = {cfg.train.batch_size}; "
+                          "give a divisor (the authors' runs: the per-GPU batch) or null for the whole batch")
     sm = cfg.sample
     if sm.two_step_index >= sm.two_step_grid:
         raise ConfigError(f"{where}: sample.two_step_index = {sm.two_step_index} is not an index of the "

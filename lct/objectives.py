@@ -94,7 +94,7 @@ class ConsistencyObjective:
         if lcfg.ot:
             if perm is None:
                 t0 = time.perf_counter()
-                perm = ot_pair(x0, noise)
+                perm = ot_pair(x0, noise, lcfg.ot_group)
                 ot_time = time.perf_counter() - t0
             noise = noise[perm]
 

@@ -27,9 +27,15 @@ def ot_cost(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return cost / cost.amax().clamp_min(1e-300)
 
 
-def solve_perm(cost: np.ndarray) -> np.ndarray:
-    """The optimal assignment of the exact plan (POT's `emd`) on a host cost matrix, as a permutation."""
+def solve_perm(cost: np.ndarray, group: int | None = None) -> np.ndarray:
+    """The optimal assignment of the exact plan (POT's `emd`) on a host cost matrix, as a permutation.
+    `group`: pair only within consecutive blocks of this size (each block's own plan), as the authors'
+    multi-GPU runs pair within each GPU's share; the result is block-diagonal."""
     b = cost.shape[0]
+    if group is not None and group < b:
+        if b % group:
+            raise ValueError(f"OT group {group} does not divide the batch {b}")
+        return np.concatenate([lo + solve_perm(cost[lo : lo + group, lo : lo + group]) for lo in range(0, b, group)])
     w = np.full(b, 1.0 / b)
     plan = ot.emd(w, w, np.ascontiguousarray(cost, dtype=np.float64))
     perm = plan.argmax(axis=1)
@@ -39,10 +45,11 @@ def solve_perm(cost: np.ndarray) -> np.ndarray:
     return perm.astype(np.int64)
 
 
-def ot_pair(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Permutation perm [B] (int64, on x0's device) such that noise[perm] is OT-paired with x0.
+def ot_pair(x0: torch.Tensor, noise: torch.Tensor, group: int | None = None) -> torch.Tensor:
+    """Permutation perm [B] (int64, on x0's device) such that noise[perm] is OT-paired with x0 (within
+    consecutive groups of `group` samples if given).
 
     Synchronous (the cost is read back at once): for tests, benchmarks and one-off calls. The training
     loop overlaps the same two halves with the previous step (lct.batches.BatchPipeline)."""
-    perm = solve_perm(ot_cost(x0, noise).cpu().numpy())
+    perm = solve_perm(ot_cost(x0, noise).cpu().numpy(), group)
     return torch.as_tensor(perm, dtype=torch.long, device=x0.device)

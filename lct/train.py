@@ -489,8 +489,9 @@ def train(cfg: ExperimentConfig, data_path: str | Path, run_dir: str | Path, *,
             torch.cuda.reset_peak_memory_stats(dev)
         model.train()
         pairs_ot = cfg.objective == "consistency" and cfg.loss.ot
-        with _stop_signals() as stop, BatchPipeline(data, order, t.seed, total, dev, ot=pairs_ot, rank=rank,
-                                                    world=world, memory_format=memory_format) as batches:
+        with _stop_signals() as stop, BatchPipeline(data, order, t.seed, total, dev, ot=pairs_ot,
+                                                    ot_group=cfg.loss.ot_group, rank=rank, world=world,
+                                                    memory_format=memory_format) as batches:
             for step in range(start, total):
                 loss, grad_norm, logs = forward_backward(step, batches.get(step))
                 # The one host synchronisation of a step: the NaN guard and the stop signal, read together

@@ -42,3 +42,26 @@ def test_channels_last_batches_hold_the_same_values():
         c = pipe.get(0)
     assert b.noise.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(b.noise, c.noise) and torch.equal(b.x0, c.x0)
+
+
+def test_ot_within_groups_is_each_groups_own_plan():
+    """loss.ot_group (the authors' FFHQ sLCT script: 2 GPUs x 128, OT within each GPU's 128): the plan
+    is block-diagonal, each block POT's plan of its own samples, and the loop's pipeline gives the same."""
+    import pytest
+
+    from lct.config import ConfigError, resolve_experiment
+
+    data, dev = _data(), torch.device("cpu")
+    order = DataOrder(40, seed=3, global_batch=8)
+    with BatchPipeline(data, order, 3, total=2, device=dev, ot=True, ot_group=4) as pipe:
+        b = pipe.get(0)
+    x0 = data[order.global_indices(0)]
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(step_seed(3, 0, 0)))
+    blocks = torch.cat([ot_pair(x0[:4], z[:4]), 4 + ot_pair(x0[4:], z[4:])])
+    assert torch.equal(b.perm, blocks) and torch.equal(ot_pair(x0, z, group=4), blocks)
+    assert sorted(b.perm[:4].tolist()) == [0, 1, 2, 3]  # no sample paired across groups
+    whole = ot_pair(x0, z)
+    cost = lambda p: float(((x0 - z[p]) ** 2).sum())  # noqa: E731
+    assert cost(whole) <= cost(blocks) + 1e-9  # the whole batch's plan is at least as good
+    with pytest.raises(ConfigError, match="loss.ot_group = 48 does not divide train.batch_size = 128"):
+        resolve_experiment("slct", {"loss": {"ot_group": 48}, "train": {"total_steps": 4}})
