@@ -273,6 +273,22 @@ def flat_settings(cfg: "ExperimentConfig | dict[str, Any]", prefix: str = "") ->
     return out
 
 
+# Weight settings added to the code after runs were made with it, each with the value that reproduces
+# those runs (its default). While an experiment holds that value, the key is left out of what decides a
+# retraining: the workflow's experiment_config params (lct.wfrules) and lct train's comparison with a
+# checkpoint's config. So adding a setting never retrains or re-scores a finished run; setting it does.
+ADDED_SETTINGS: dict[str, Any] = {"train.flip_copies": False, "loss.ot_group": None}
+
+
+def is_added_default(key: str, *values: Any) -> bool:
+    """True when `key` is an ADDED_SETTINGS key and every value is its neutral one or MISSING (a config
+    written before the key existed)."""
+    return key in ADDED_SETTINGS and all(v is MISSING or v == ADDED_SETTINGS[key] for v in values)
+
+
+MISSING = object()  # a key absent from a config written by an older version
+
+
 # How a trained model is sampled (the 2-NFE intermediate sigma, the baseline's steps): read by `lct
 # evaluate` / `lct sample` from the workflow (--sampling), never a reason to retrain.
 SAMPLING_KEYS = frozenset(f"sample.{f.name}" for f in dataclasses.fields(SampleConfig))

@@ -216,14 +216,18 @@ def schedule_steps_for(cfg: ExperimentConfig, num_images: int) -> int:
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The weight settings that differ; a setting added since `a` was written (lct.config.ADDED_SETTINGS) at
+    its neutral value is no difference."""
+    from lct.config import MISSING, is_added_default
+
     out = []
     for k in sorted(set(a) | set(b)):
         key = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
+        va, vb = a.get(k, MISSING), b.get(k, MISSING)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _config_diff(va, vb, key + ".")
-        elif va != vb and key not in RESUME_MAY_CHANGE:
-            out.append(f"{key}: {va!r} -> {vb!r}")
+        elif va != vb and key not in RESUME_MAY_CHANGE and not is_added_default(key, va, vb):
+            out.append(f"{key}: {None if va is MISSING else va!r} -> {None if vb is MISSING else vb!r}")
     return out
 
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from lct.config import BOOKKEEPING_KEYS, flat_settings, weight_settings
+from lct.config import BOOKKEEPING_KEYS, flat_settings, is_added_default, weight_settings
 from lct.wfconfig import (canonical, check_references, figure_slice, paper_tables, report_caption, resolve_all,
                           sweep_slice, table_slice)
 from lct.wfsite import dataset_source_problem, report_source_problem, site_settings
@@ -31,6 +31,19 @@ def _fail(message: str) -> None:
 def alternation(names) -> str:
     """A regex matching exactly these names (longest first, so no name matches a prefix)."""
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!x)x"
+
+
+class NotATrigger:
+    """A param value Snakemake does not record (it records only builtin values: str, int, ...), so it
+    plans no rerun: a weight setting added to the code after runs were made (lct.config.ADDED_SETTINGS),
+    at the value those runs had. An added param string would make Snakemake rerun every experiment_config
+    and, through it, retrain and re-score every finished run."""
+
+    def __init__(self, key: str, value: Any) -> None:
+        self.key, self.value = key, value
+
+    def __repr__(self) -> str:
+        return f"{self.key}={json.dumps(self.value)} (added setting, neutral)"
 
 
 class Rules:
@@ -270,8 +283,10 @@ class Rules:
         keys = sorted(weight_settings(next(iter(self.experiments.values())))) if self.experiments else []
 
         def param(key: str) -> Callable:
-            def value(wildcards) -> str:
+            def value(wildcards) -> "str | NotATrigger":
                 v = flat_settings(self.experiments[wildcards.experiment]).get(key)
+                if is_added_default(key, v):  # a setting newer than finished runs, at their value
+                    return NotATrigger(key, v)
                 return f"{key}={json.dumps(v)}"
 
             value.__name__ = "setting_" + re.sub(r"\W", "_", key)

@@ -185,3 +185,31 @@ def test_the_two_step_sweep_scores_each_candidate_then_evaluates_the_best(paper,
     unknown["two_step_sweep"]["experiments"] = ["celebahq_slct", "nope"]
     with pytest.raises(Exception, match=r"two_step_sweep.experiments\[1\] = 'nope'"):
         Rules(unknown)
+
+
+def test_a_setting_added_to_the_code_retrains_nothing_until_it_is_set(paper):
+    """lct.config.ADDED_SETTINGS: a weight setting newer than finished runs, at the value those runs had, is
+    no experiment_config param Snakemake records (so no rewritten config, no retraining, no re-scoring)
+    and no difference for lct train; set to anything else it is both."""
+    from snakemake.persistence import UNREPRESENTABLE, PersistenceBase
+
+    from lct import train as T
+    from lct.config import ADDED_SETTINGS, ExperimentConfig, flat_settings, weight_settings
+
+    defaults = flat_settings(ExperimentConfig())
+    for key, neutral in ADDED_SETTINGS.items():
+        assert key in weight_settings(ExperimentConfig()) and defaults[key] == neutral  # old runs had the default
+    r = Rules(paper)
+    params = r.settings_params()
+    serialize = lambda v: PersistenceBase._serialize_param_builtin(None, v)  # noqa: E731 (what Snakemake records)
+    celeb, lsun = w(experiment="celebahq_slct"), w(experiment="lsun_slct")
+    assert serialize(params["s_train_flip_copies"](celeb)) is UNREPRESENTABLE
+    assert serialize(params["s_loss_ot_group"](celeb)) is UNREPRESENTABLE
+    assert params["s_train_flip_copies"](lsun) == "train.flip_copies=true"  # set: a param, a retraining
+    assert params["s_train_lr"](celeb) == "train.lr=0.0001"
+    old = ExperimentConfig().to_dict()  # a checkpoint's config written before the keys existed
+    del old["train"]["flip_copies"], old["loss"]["ot_group"]
+    new = ExperimentConfig().to_dict()
+    assert T._config_diff(old, new) == []
+    new["train"]["flip_copies"] = True
+    assert T._config_diff(old, new) == ["train.flip_copies: None -> True"]
