@@ -3,10 +3,10 @@
     python benchmarks/checkpoint.py --dir runs/          # on the cluster's shared file system
     python benchmarks/checkpoint.py --size tiny --dir /tmp
 
-Writes one checkpoint the way `lct train` does (lct.checkpoint.save_atomic: temp file, fsync, rename)
+Writes one checkpoint the way `lct train` does (lct.files.checkpoint.save_atomic: temp file, fsync, rename)
 and prints its size, the write time, the speed, and the stop budget it implies next to the one the
 code uses: on SIGTERM (the profile's --signal=TERM@300) the ranks finish the step, rank 0 writes the
-checkpoint, and torchrun waits `lct.train.SHUTDOWN_TIMEOUT_S` for them before SIGKILL.
+checkpoint, and torchrun waits `lct.run.train.SHUTDOWN_TIMEOUT_S` for them before SIGKILL.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lct import checkpoint as ckio  # noqa: E402
+from lct.files import checkpoint as ckio  # noqa: E402
 from lct.config import resolve_experiment  # noqa: E402
-from lct.model import EMA, build_model, make_optimizer  # noqa: E402
-from lct.train import ASSUMED_WRITE_MB_S, SHUTDOWN_TIMEOUT_S  # noqa: E402
+from lct.run.model import EMA, build_model, make_optimizer  # noqa: E402
+from lct.run.train import ASSUMED_WRITE_MB_S, SHUTDOWN_TIMEOUT_S  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint of UNet {a.size!r}: {mb:,.0f} MB written in {secs:.2f} s ({mb / secs:,.0f} MB/s) to "
           f"{a.dir or tempfile.gettempdir()}")
     print(f"stop budget at an assumed slow shared file system of {ASSUMED_WRITE_MB_S} MB/s: one step ({a.step_s:g} s) "
-          f"+ write ({mb / ASSUMED_WRITE_MB_S:.0f} s) = {need:.0f} s; torchrun's grace (lct.train.SHUTDOWN_TIMEOUT_S) "
+          f"+ write ({mb / ASSUMED_WRITE_MB_S:.0f} s) = {need:.0f} s; torchrun's grace (lct.run.train.SHUTDOWN_TIMEOUT_S) "
           f"{SHUTDOWN_TIMEOUT_S} s: {'fits' if need <= SHUTDOWN_TIMEOUT_S else 'DOES NOT FIT'}; "
           f"at the speed measured here: {a.step_s + mb / (mb / secs):.1f} s")
     return 0

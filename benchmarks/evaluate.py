@@ -3,7 +3,7 @@
     python benchmarks/evaluate.py                         # paper sizes: UNet on 32x32x4, SD-VAE decoder at 256
     python benchmarks/evaluate.py --size tiny --vae tiny --num 16   # a CPU check in under a minute
 
-The same streamed path as `lct evaluate` (lct.evaluate.run_evaluation with its StageTimer): sampling
+The same streamed path as `lct evaluate` (lct.evaluation.evaluate.run_evaluation with its StageTimer): sampling
 (1 NFE), VAE decoding, the JPEG round trip, both feature networks (Inception for FID, the VGG16 of
 pr50k3_full for Recall) and the statistics. Every network has the paper's architecture with random
 weights (nothing is downloaded: the cost does not depend on the values), so the figures hold for the
@@ -24,10 +24,10 @@ import torch
 
 def build(size: str, vae: str, device: torch.device, tmp: Path):
     from lct.config import resolve_experiment
-    from lct.model import build_model
-    from lct.random_weights import SD_VAE_CONFIG
+    from lct.run.model import build_model
+    from lct.weights.random_weights import SD_VAE_CONFIG
 
-    from lct._compat import ensure_torchvision
+    from lct.infra.compat import ensure_torchvision
 
     ensure_torchvision()
     from diffusers import AutoencoderKL
@@ -42,10 +42,10 @@ def build(size: str, vae: str, device: torch.device, tmp: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lct.evaluate import StageTimer, run_evaluation
-    from lct.metrics import build_feature
-    from lct.random_weights import write_all
-    from lct.samplers import generate
+    from lct.evaluation.evaluate import StageTimer, run_evaluation
+    from lct.evaluation.metrics import build_feature
+    from lct.weights.random_weights import write_all
+    from lct.method.samplers import generate
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="paper", help="UNet size")
@@ -112,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         ips = f"{v['images_per_s']:9.1f} img/s" if v["images_per_s"] else " " * 15
         print(f"  {stage:11s} {v['seconds']:8.2f} s  {ips}")
     # The CPU stage (jpeg_resize: the JPEG round trip and the resizes) runs beside the device stages
-    # (lct.evaluate.shard_features), so the stream's elapsed time, not the sum of the stages, sets the pace.
+    # (lct.evaluation.evaluate.shard_features), so the stream's elapsed time, not the sum of the stages, sets the pace.
     busy = sum(v["seconds"] for s, v in rep["stages"].items() if s != "statistics")
     per_image = rep["wall_seconds"] / num
     print(f"  stream      {rep['wall_seconds']:8.2f} s  {num / rep['wall_seconds']:9.1f} img/s elapsed "
           f"(stages sum {busy:.2f} s: {max(0.0, busy - rep['wall_seconds']):.2f} s hidden by the overlap)")
     # Statistics: the Frechet distance (a 2048-d matrix square root) costs the same at any N; the k-NN
     # distances of Recall grow as (N_real + N_gen)^2, timed here at this size and scaled to 50K + 50K.
-    from lct.metrics import precision_recall
+    from lct.evaluation.metrics import precision_recall
 
     m = 2000  # a size whose distance matrices take measurable time on any device
     feats = np.random.default_rng(1).normal(size=(2 * m, 4096)).astype(np.float32)

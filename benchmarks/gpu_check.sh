@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # from the repository root, on a GPU node
 #
 # Prints: host synchronisations per training step (CUDA sync debug mode, 20 steps of the paper
-# configuration through lct.train), peak memory per stage (benchmarks/memory.py), the three training
+# configuration through lct.run.train), peak memory per stage (benchmarks/memory.py), the three training
 # rows and OT's share (benchmarks/train_step.py), a 5,000-image evaluation with per-stage times
 # (benchmarks/evaluate.py) and the checkpoint write (benchmarks/checkpoint.py). JSON copies go to
 # OUT_DIR (default: gpu_check/). Every network is the paper's architecture with random weights.
@@ -23,8 +23,8 @@ import sys, tempfile, warnings
 from pathlib import Path
 import numpy as np, torch
 from lct.config import resolve_experiment
-from lct.train import train
-from lct.vae import LatentNormalizer
+from lct.run.train import train
+from lct.data.vae import LatentNormalizer
 
 tmp = Path(tempfile.mkdtemp())
 d = tmp / "latents"; d.mkdir()

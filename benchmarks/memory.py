@@ -1,4 +1,4 @@
-"""Peak memory per image of each stage, measured, for lct/memory.py's table (and the GPU check).
+"""Peak memory per image of each stage, measured, for lct/infra/memory.py's table (and the GPU check).
 
     python benchmarks/memory.py                    # every stage, on CUDA when present, else the CPU
     python benchmarks/memory.py --stage decode     # one stage
@@ -45,14 +45,14 @@ def _run_stage(stage: str, batch: int, device: torch.device) -> float:
     """One stage at one batch size in this (fresh) process; its peak memory in MB."""
     import numpy as np
 
-    from lct._compat import ensure_torchvision
+    from lct.infra.compat import ensure_torchvision
 
     ensure_torchvision()
     torch.manual_seed(0)
     if stage == "train":
         from lct.config import resolve_experiment
-        from lct.model import EMA, build_model, make_optimizer
-        from lct.objectives import build_objective
+        from lct.run.model import EMA, build_model, make_optimizer
+        from lct.method.objectives import build_objective
 
         cfg = resolve_experiment("slct", {"train": {"total_steps": 1000}}, reading="as_coded")
         model = build_model(cfg, 32, 4).to(device)
@@ -68,7 +68,7 @@ def _run_stage(stage: str, batch: int, device: torch.device) -> float:
     if stage.startswith("decode"):
         from diffusers import AutoencoderKL
 
-        from lct.random_weights import SD_VAE_CONFIG
+        from lct.weights.random_weights import SD_VAE_CONFIG
 
         vae = AutoencoderKL.from_config(SD_VAE_CONFIG).to(device).eval().requires_grad_(False)
         z = torch.randn(batch, 4, 32, 32, device=device)
@@ -76,8 +76,8 @@ def _run_stage(stage: str, batch: int, device: torch.device) -> float:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None):
             vae.decode(z).sample.float()
         return _peak_mb(device)
-    from lct.metrics import build_feature
-    from lct.random_weights import write_all
+    from lct.evaluation.metrics import build_feature
+    from lct.weights.random_weights import write_all
 
     with tempfile.TemporaryDirectory() as tmp:
         write_all(Path(tmp), None, inception=stage == "inception", vgg16=stage == "vgg16", elatentlpips=False)

@@ -2,7 +2,7 @@
 
 1. Forward + backward time per step of the paper UNet (f_theta, eq. 2) on 32x32x4 latents at a
    small batch.
-2. The OT coupling's time (lct.ot.ot_pair at batch 128) as a share of a full sLCT consistency
+2. The OT coupling's time (lct.method.ot.ot_pair at batch 128) as a share of a full sLCT consistency
    step at batch 128 (paper UNet on GPU; on CPU the `small` size unless --ot-size says otherwise,
    because the paper UNet at batch 128 takes minutes per step there). The paper reports 0.93%.
 
@@ -17,10 +17,10 @@ import time
 import torch
 
 from lct.config import resolve_experiment
-from lct.nn.params import count_parameters
-from lct.objectives import build_objective
-from lct.ot import ot_pair
-from lct.precond import build_model
+from lct.method.nn.params import count_parameters
+from lct.method.objectives import build_objective
+from lct.method.ot import ot_pair
+from lct.method.precond import build_model
 
 
 def _sync(device: torch.device) -> None:

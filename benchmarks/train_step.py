@@ -5,7 +5,7 @@
 
 Prints, for the UNet at the given batch on the current device, three rows: the authors' settings
 (fp32, TF32 on as their train_cm_latent.py sets it, eager, NCHW), the paper configuration as it will
-train here (config/config.yaml's precision fp32 with lct.model.fast_path's other switches on this
+train here (config/config.yaml's precision fp32 with lct.run.model.fast_path's other switches on this
 device: channels_last, torch.compile, TF32 on a GPU), and the bf16 fast path (GPUs); images/s,
 ratios against the authors' row, the achieved TFLOP/s from the FLOPs of one step counted by torch's
 FlopCounterMode, the utilisation against the device's dense peak, and OT's share of a step at batch
@@ -22,9 +22,9 @@ import time
 import torch
 
 from lct.config import resolve_experiment
-from lct.model import EMA, build_model, make_optimizer
-from lct.model import compile_blocks, configure_fast_path, fast_path  # the public functions lct train uses
-from lct.objectives import build_objective
+from lct.run.model import EMA, build_model, make_optimizer
+from lct.run.model import compile_blocks, configure_fast_path, fast_path  # the public functions lct train uses
+from lct.method.objectives import build_objective
 
 # Dense peaks (TFLOP/s, no sparsity) from the vendors' data sheets, for the utilisation column.
 PEAKS_TFLOPS = {
@@ -110,7 +110,7 @@ def ddp_rows(world: int, device: torch.device, steps: int = 12) -> dict:
     import numpy as np
 
     from lct.config import save_experiment
-    from lct.vae import LatentNormalizer
+    from lct.data.vae import LatentNormalizer
 
     size, batch = ("paper", 128) if device.type == "cuda" else ("tiny", 16)
     out = {}
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         step, _ = make_step(a.size if a.batch >= 128 else "tiny", b, a.resolution, a.channels, device, paper)
         sb, otb = timed(step, max(2, a.steps // 2), 1, device)
         ot_rows[b] = {"s_per_step": sb, "ot_s_per_step": otb}
-        exposed = max(0.0, otb - (sb - otb))  # lct.batches solves batch k+1 on a worker while step k runs
+        exposed = max(0.0, otb - (sb - otb))  # lct.run.batches solves batch k+1 on a worker while step k runs
         ot_rows[b]["exposed_s_per_step"] = exposed
         print(f"OT at batch {b}: solve {otb * 1e3:.1f} ms beside a {(sb - otb) * 1e3:.1f} ms step "
               f"({'paper' if a.batch >= 128 else 'tiny'} UNet): {100 * otb / sb:.2f}% if solved in the step; "

@@ -7,21 +7,21 @@ import sys
 
 # command -> (module, one-line help). Each module defines `main(argv: list[str] | None) -> int | None`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch-weights": ("lct.fetch", "download every pretrained file the pipeline needs (login node)"),
-    "random-weights-for-tests": ("lct.random_weights", "TESTS ONLY: fetch-weights' files with random weights"),
-    "prepare-data": ("lct.data", "download or import a dataset into images.npy"),
-    "train-vae": ("lct.vae", "train the tiny demo AutoencoderKL"),
-    "encode": ("lct.encode", "encode a dataset into normalized VAE latents"),
-    "stats": ("lct.stats", "Figure 1 box-and-whisker statistics (data, td)"),
-    "train": ("lct.train", "train one experiment (resumable; torchrun for several GPUs)"),
-    "sample": ("lct.sample", "generate samples with per-image seeds"),
-    "train-classifier": ("lct.classifier", "train the demo's digit classifier (its metric features)"),
-    "ref-stats": ("lct.evaluate", "reference feature statistics of a dataset", "ref_stats_main"),
-    "evaluate": ("lct.evaluate", "FID / Recall of one (experiment, NFE)"),
-    "report": ("lct.report", "tables and figures beside the published numbers"),
-    "sweep": ("lct.sweep", "the 2-NFE intermediate index by a short FID per candidate (best, table)"),
-    "estimate": ("lct.estimate", "GPU-hours per target; per experiment hours, job segments and retries"),
-    "unet-params": ("lct.nn.params", "parameter count of the paper UNet for each norm"),
+    "fetch-weights": ("lct.weights.fetch", "download every pretrained file the pipeline needs (login node)"),
+    "random-weights-for-tests": ("lct.weights.random_weights", "TESTS ONLY: fetch-weights' files with random weights"),
+    "prepare-data": ("lct.data.datasets", "download or import a dataset into images.npy"),
+    "train-vae": ("lct.data.vae", "train the tiny demo AutoencoderKL"),
+    "encode": ("lct.data.encode", "encode a dataset into normalized VAE latents"),
+    "stats": ("lct.run.stats", "Figure 1 box-and-whisker statistics (data, td)"),
+    "train": ("lct.run.train", "train one experiment (resumable; torchrun for several GPUs)"),
+    "sample": ("lct.run.sample", "generate samples with per-image seeds"),
+    "train-classifier": ("lct.evaluation.classifier", "train the demo's digit classifier (its metric features)"),
+    "ref-stats": ("lct.evaluation.evaluate", "reference feature statistics of a dataset", "ref_stats_main"),
+    "evaluate": ("lct.evaluation.evaluate", "FID / Recall of one (experiment, NFE)"),
+    "report": ("lct.report.tables", "tables and figures beside the published numbers"),
+    "sweep": ("lct.report.sweep", "the 2-NFE intermediate index by a short FID per candidate (best, table)"),
+    "estimate": ("lct.workflow.estimate", "GPU-hours per target; per experiment hours, job segments and retries"),
+    "unet-params": ("lct.method.nn.params", "parameter count of the paper UNet for each norm"),
 }
 
 # GPU jobs whose CPU work (resize and JPEG pools, the Frechet distance's matrix square root) uses the
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd in JOB_COMMANDS:  # in a SLURM job: the job's CPUs, not Snakemake's threads = 1 of a GPU rule
         import os
 
-        from lct.device import use_job_cpus
+        from lct.infra.device import use_job_cpus
 
         use_job_cpus(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     fn = getattr(importlib.import_module(module_name), entry[0] if entry else "main")

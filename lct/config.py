@@ -28,14 +28,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class NetworkConfig:
-    size: str = "paper"  # Named UNet size in lct.nn.unet.UNET_SIZES; the fields below override it when set.
+    size: str = "paper"  # Named UNet size in lct.method.nn.unet.UNET_SIZES; the fields below override it when set.
     model_channels: int | None = None  # Base channel count (paper: 128).
     channel_mult: list[int] | None = None  # Per-resolution channel multipliers (paper: 1, 2, 3, 4).
     num_blocks: int | None = None  # Residual blocks per resolution (paper: 4).
     attn_resolutions: list[int] | None = None  # Resolutions with self-attention (paper: 16, 8).
     channels_per_head: int | None = None  # Attention channels per head (paper: 64).
     dropout: float = 0.0  # Dropout probability in residual blocks (authors' code: 0).
-    norm: str = "group"  # Norm layer: group, instance, layer, rms, nsln, nsgn, nsin (lct.nn.norms.NORMS).
+    norm: str = "group"  # Norm layer: group, instance, layer, rms, nsln, nsgn, nsin (lct.method.nn.norms.NORMS).
     noise_conditioning: str = "cm"  # c_noise convention: "cm" = 250 ln t, "edm" = ln(t) / 4.
 
 
@@ -253,8 +253,8 @@ def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> E
 # Settings that do not change the trained weights: the run's name, checkpoint / log / snapshot
 # cadence, the non-finite guard, data-loader workers, and the fast-path switches that only change
 # the order of float operations (compile, TF32, channels_last; `precision` does change the math
-# and is not here). A resumed run may change them (lct.train), and the workflow's training rule
-# leaves them out of its params, so editing them never plans a retraining (lct.wfrules).
+# and is not here). A resumed run may change them (lct.run.train), and the workflow's training rule
+# leaves them out of its params, so editing them never plans a retraining (lct.workflow.rules).
 BOOKKEEPING_KEYS = frozenset({
     "name", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
     "train.num_workers", "train.compile", "train.max_bad_steps", "train.tf32", "train.channels_last",
@@ -275,7 +275,7 @@ def flat_settings(cfg: "ExperimentConfig | dict[str, Any]", prefix: str = "") ->
 
 # Weight settings added to the code after runs were made with it, each with the value that reproduces
 # those runs (its default). While an experiment holds that value, the key is left out of what decides a
-# retraining: the workflow's experiment_config params (lct.wfrules) and lct train's comparison with a
+# retraining: the workflow's experiment_config params (lct.workflow.rules) and lct train's comparison with a
 # checkpoint's config. So adding a setting never retrains or re-scores a finished run; setting it does.
 ADDED_SETTINGS: dict[str, Any] = {"train.flip_copies": False, "loss.ot_group": None}
 
@@ -323,7 +323,7 @@ def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str
     copies); None when the data size is needed. With train.flip_copies an epoch is twice the split."""
     import math
 
-    from lct import curriculum as S  # torch-free: the workflow's config writers call this
+    from lct.method import curriculum as S  # torch-free: the workflow's config writers call this
 
     t = cfg.train
     n = t.num_images or num_images

@@ -1,9 +1,9 @@
-"""lct.batches: the batches of the loop, made one step ahead, are the batches of (seed, step) alone."""
+"""lct.run.batches: the batches of the loop, made one step ahead, are the batches of (seed, step) alone."""
 
 import torch
 
-from lct.batches import BatchPipeline, DataOrder, step_seed
-from lct.ot import ot_pair
+from lct.run.batches import BatchPipeline, DataOrder, step_seed
+from lct.method.ot import ot_pair
 
 
 def _data(n=40):

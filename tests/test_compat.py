@@ -6,7 +6,7 @@ import sys
 
 def test_torchvision_and_dependants_import_in_a_fresh_process():
     code = (
-        "from lct._compat import ensure_torchvision\n"
+        "from lct.infra.compat import ensure_torchvision\n"
         "tv = ensure_torchvision(); assert ensure_torchvision() is tv\n"
         "from diffusers import AutoencoderKL\n"
         "import cleanfid.fid, torchvision.models\n"

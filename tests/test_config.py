@@ -152,7 +152,7 @@ def test_authors_scripts_overlay():
     from pathlib import Path
 
     from lct.config import resolve_workflow_experiment, run_length
-    from lct.estimate import load_config
+    from lct.workflow.estimate import load_config
 
     root = Path(__file__).resolve().parents[1]
     wf = load_config([str(root / "config/authors_scripts.yaml")], repo=root)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lct.data import KNOWN_SOURCES, DataError, load_training_data, main, prepare
+from lct.data.datasets import KNOWN_SOURCES, DataError, load_training_data, main, prepare
 
 
 def test_mnist_demo_dataset(tmp_path):
@@ -101,7 +101,7 @@ def test_url_source_without_checksum_is_refused(tmp_path, capsys):
 
 def test_cifar10_python_format(tmp_path):
     """The official CIFAR-10 python layout (pickled batches), filled with real digits."""
-    from lct.data import mnist_demo
+    from lct.data.datasets import mnist_demo
 
     x, y = mnist_demo(32)
     rgb = np.repeat(x[:50], 3, axis=3)  # [50, 32, 32, 3]

@@ -1,4 +1,4 @@
-"""lct.device: a job given GPUs that cannot see CUDA stops naming the node; the CPU only on purpose."""
+"""lct.infra.device: a job given GPUs that cannot see CUDA stops naming the node; the CPU only on purpose."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 
-from lct.device import DeviceError, granted_gpus, pick_device
+from lct.infra.device import DeviceError, granted_gpus, pick_device
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 

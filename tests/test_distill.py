@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from lct import train as T
-from lct.checkpoint import list_checkpoints, load
+from lct.run import train as T
+from lct.files.checkpoint import list_checkpoints, load
 from lct.config import ConfigError, resolve_experiment, save_experiment
-from lct.objectives import DistillationObjective
-from lct.vae import LatentNormalizer
+from lct.method.objectives import DistillationObjective
+from lct.data.vae import LatentNormalizer
 from test_train import make_dataset, make_experiment, state_equal
 from test_train_resume import _cmd, _start_and_interrupt
 
@@ -116,7 +116,7 @@ def test_cd_with_the_analytic_teacher_learns_the_ode_map(tmp_path):
                                               "log_every": 50, "checkpoint_every": 1000, "ema_decays": [0.9]},
                                     "distill": {"init_from_teacher": False, "target_ema": 0.0}},
                              name="cd_gauss", dataset="gauss", reading="as_coded")
-    from lct.model import build_model
+    from lct.run.model import build_model
 
     with torch.random.fork_rng():
         torch.manual_seed(cfg.train.seed)
@@ -159,7 +159,7 @@ def test_cd_resumes_bit_exactly_after_sigkill(teacher_and_student):
     assert all(state_equal(final["ema"][k], ref["ema"][k]) for k in ref["ema"])
     # the run records its teacher: a retrained teacher is a changed config
     teacher_sha = final["config"]["distill"]["teacher_sha256"]
-    from lct.download import sha256_file
+    from lct.files.download import sha256_file
 
     assert teacher_sha == sha256_file(teacher)
 

@@ -1,4 +1,4 @@
-"""lct.download against a loopback HTTP server with Range support: correct, corrupted, interrupted."""
+"""lct.files.download against a loopback HTTP server with Range support: correct, corrupted, interrupted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from lct.download import DownloadError, download
+from lct.files.download import DownloadError, download
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
 
@@ -101,9 +101,9 @@ def test_refuses_without_checksum(tmp_path):
         download("http://127.0.0.1:9/none", tmp_path / "f", config_key="datasets.x.source.sha256")
 
 
-# ----------------------------------------------------------------------------- lct.fetch (offline parts)
+# ----------------------------------------------------------------------------- lct.weights.fetch (offline parts)
 
-from lct import fetch  # noqa: E402
+from lct.weights import fetch  # noqa: E402
 
 
 def test_require_missing_names_fetch_weights(tmp_path):

@@ -137,8 +137,8 @@ sys.exit(main(["report", "figure", "--figure", "fig2", "--out", {str(tmp_path / 
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "fig2.png").is_file()
-    # the tables' module imports no torch at all (lct.suites holds the metric suites, torch-free)
-    r = subprocess.run([sys.executable, "-c", "import sys, lct.report, lct.figures; print('torch' in sys.modules)"],
+    # the tables' module imports no torch at all (lct.infra.suites holds the metric suites, torch-free)
+    r = subprocess.run([sys.executable, "-c", "import sys, lct.report.tables, lct.report.figures; print('torch' in sys.modules)"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
 
@@ -161,7 +161,7 @@ def test_every_third_party_import_of_lct_is_pinned_in_both_files():
                 mods |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 mods.add(node.module.split(".")[0])
-    # pkg_resources: only tried, and replaced when missing (lct/_compat.py import_elatentlpips)
+    # pkg_resources: only tried, and replaced when missing (lct/infra/compat.py import_elatentlpips)
     mods -= set(sys.stdlib_module_names) | {"lct", "pkg_resources"}
     dists = md.packages_distributions()
     pip, conda = pip_pins(), conda_pins()

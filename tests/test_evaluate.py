@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lct import evaluate as ev
-from lct import metrics
-from lct.classifier import DigitClassifier, save_classifier
+from lct.evaluation import evaluate as ev
+from lct.evaluation import metrics
+from lct.evaluation.classifier import DigitClassifier, save_classifier
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_evaluate_rejects_mismatched_reference(setup, tmp_path):
 def tiny_checkpoint(path, resolution: int = 28, channels: int = 1, step: int = 7):
     """A final.pt in the run-directory format (random tiny UNet; the metric path does not need a trained one)."""
     from lct.config import resolve_experiment
-    from lct.precond import build_model
+    from lct.method.precond import build_model
 
     cfg = resolve_experiment("ilct", {"network": {"size": "tiny"}, "train": {"total_steps": 10, "ema_decays": [0.99]}},
                              name="tiny", dataset="mnist")
@@ -236,7 +236,7 @@ def test_the_cpu_half_of_a_batch_runs_while_the_next_batch_is_generated():
 def test_the_sweep_picks_the_index_with_the_lowest_fid_on_a_tiny_run(setup, tmp_path):
     """`lct evaluate --sampling two_step_index=I` per candidate at 2 NFE, then `lct sweep best` picks the
     lowest FID and `lct evaluate --sampling-file` evaluates at it; the table names the choice."""
-    from lct import sweep
+    from lct.report import sweep
 
     root, _ = setup
     ref = tmp_path / "ref.npz"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lct import train as T
+from lct.run import train as T
 from lct.config import resolve_experiment, save_experiment
-from lct.precond import build_model
+from lct.method.precond import build_model
 from test_train import make_dataset
 
 
@@ -102,10 +102,10 @@ def test_bf16_unet_output_is_float32_before_the_preconditioning():
 @pytest.mark.slow
 def test_torch_compile_is_float32_roundoff(reference, monkeypatch):
     """The compiled path (Dynamo graph capture, AOT autograd, one compiled region per residual block,
-    lct.model.compile_blocks, shared by the online and target passes). On this CPU the aot_eager
+    lct.run.model.compile_blocks, shared by the online and target passes). On this CPU the aot_eager
     backend stands in for Inductor's code generation, which takes minutes here; the GPU benchmark
     (benchmarks/train_step.py) runs Inductor itself."""
-    from lct.nn.unet import ResBlock
+    from lct.method.nn.unet import ResBlock
 
     calls = []
     real = torch.compile

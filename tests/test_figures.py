@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lct import figures, report
+from lct.report import figures
+
+from lct.report import tables as report
 
 
 def _written(paths, stem):
@@ -32,7 +34,7 @@ def test_figure2(tmp_path):
 
 
 def test_figure1_from_lct_stats_json(tmp_path):
-    from lct.stats import box_stats
+    from lct.run.stats import box_stats
 
     rng = np.random.default_rng(0)
     data = {"latent": box_stats(rng.standard_t(2, 4000)), "pixel": box_stats(rng.uniform(-1, 1, 4000)), "max_values": None}
@@ -99,7 +101,7 @@ def test_samples_cli_and_report_page(tmp_path):
     assert Image.open(out.with_suffix(".png")).size == (84, 84) and out.with_suffix(".pdf").is_file()
     assert report.main(["figure", "--figure", "fig2", "--out", str(res / "figures" / "fig2")]) == 0
     # the workflow's route: `lct sample --decode` into a dir, then a grid from that dir
-    from lct.sample import main as sample_main
+    from lct.run.sample import main as sample_main
 
     sdir = tmp_path / "samples" / "e" / "nfe2"
     assert sample_main(["--checkpoint", str(ckpt), "--data", str(data), "--ema", "0.99", "--nfe", "2", "--seeds", "0-8",

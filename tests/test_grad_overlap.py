@@ -1,8 +1,8 @@
 """Gradient averaging overlaps the backward pass when the UNet is compiled (issue 22, item 6).
 
-lct.distributed.GradientAverager launches a bucket's all-reduce when the bucket's last gradient
+lct.infra.distributed.GradientAverager launches a bucket's all-reduce when the bucket's last gradient
 is accumulated. Under torch.compile(model) the whole backward is ONE node of the autograd graph, so
-no gradient is ready before all of the backward has run: nothing can overlap. lct.model.compile_blocks
+no gradient is ready before all of the backward has run: nothing can overlap. lct.run.model.compile_blocks
 compiles each residual block as its own region, so the backward is one node per block and gradients
 become ready block by block. The test counts, at the start of every compiled backward node, how
 many buckets the averager has already launched (a one-rank gloo group; the collective is real).
@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lct import distributed as ddist
+from lct.infra import distributed as ddist
 from lct.config import resolve_experiment
-from lct.model import build_model, compile_blocks
+from lct.run.model import build_model, compile_blocks
 
 
 @pytest.fixture()

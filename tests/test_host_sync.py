@@ -2,7 +2,7 @@
 
 CUDA's sync debug mode does not exist on the CPU, so this test stands in for it: a TorchDispatchMode
 follows which tensors live "on the device" (the data, the model's weights and buffers, and everything
-computed from them or sent there by lct.device.to_device) and counts, per step,
+computed from them or sent there by lct.infra.device.to_device) and counts, per step,
 
 * host reads of device tensors (`.item()`, `bool()`, `.tolist()`, `nonzero`, ...): each waits for the GPU;
 * implicit transfers: an op that mixes a device tensor with a host tensor of more than one element
@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 from test_train import make_dataset
 
-import lct.train as T
+import lct.run.train as T
 from lct.config import ExperimentConfig, resolve_experiment
 
 HOST_READS = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "unique_dim",
@@ -51,7 +51,7 @@ class DeviceTracker(TorchDispatchMode):
         name = func.overloadpacket.__name__
         out = func(*args, **kwargs)
         if name == "_to_copy" and kwargs.get("non_blocking"):
-            device = True  # lct.device.to_device: a queued copy to the device
+            device = True  # lct.infra.device.to_device: a queued copy to the device
         else:
             device = any(on_dev)
             if name in HOST_READS and device:
@@ -84,9 +84,9 @@ def _count(tmp_path, monkeypatch, cfg: ExperimentConfig, steps: int, extra_read:
     data_dir = make_dataset(tmp_path / f"data{steps}{extra_read}", n=32)
     tracker = DeviceTracker()
     build = T.build_model
-    import lct.data
+    import lct.data.datasets
 
-    real_load = lct.data.load_training_data
+    real_load = lct.data.datasets.load_training_data
 
     def load_data(path):
         data, info = real_load(path)
@@ -99,7 +99,7 @@ def _count(tmp_path, monkeypatch, cfg: ExperimentConfig, steps: int, extra_read:
         return model
 
     with monkeypatch.context() as m:  # undone after this run (the next run wraps the originals)
-        m.setattr(lct.data, "load_training_data", load_data)
+        m.setattr(lct.data.datasets, "load_training_data", load_data)
         m.setattr(T, "build_model", build_model)
         if extra_read:  # negative control: one host read of the batch added to every step
             make = T.make_objective
@@ -157,7 +157,7 @@ def test_an_implicit_copy_is_caught():
     with tracker:
         t = torch.rand(4, dtype=torch.float64)  # drawn on the host
         _ = x * t.to(torch.float32).view(-1, 1)  # `.to(dtype)` on the host, never sent: CUDA would copy here
-        from lct.device import to_device
+        from lct.infra.device import to_device
 
         _ = x * to_device(t, torch.device("cpu")).to(torch.float32).view(-1, 1)  # the queued copy: fine
     assert len(tracker.implicit) == 1

@@ -4,8 +4,8 @@ import os
 
 import torch
 
-from lct.device import job_cpus, use_job_cpus
-from lct.memory import fit_batch, stage_table
+from lct.infra.device import job_cpus, use_job_cpus
+from lct.infra.memory import fit_batch, stage_table
 
 
 def test_outside_slurm_threads_unchanged():
@@ -36,7 +36,7 @@ def test_fit_batch_on_cpu_is_the_request_and_table_says_what_each_card_does():
 
 
 def test_estimate_prints_memory_per_stage(capsys):
-    from lct.estimate import main
+    from lct.workflow.estimate import main
 
     assert main([]) == 0
     out = capsys.readouterr().out

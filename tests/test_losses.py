@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lct.losses import DISTANCES, ROBUST, robust_distance, squared_norm
+from lct.method.losses import DISTANCES, ROBUST, robust_distance, squared_norm
 
 
 def _xy(b=3, shape=(2, 3, 3), scale=0.1, seed=0):
@@ -85,10 +85,10 @@ def test_elatentlpips_training_step_reaches_the_unet(tmp_path, monkeypatch):
     """Table 2c's cell: one step of consistency training with the package's real E-LatentLPIPS network
     (random weights in the package's own file formats), the authors' settings, any working directory."""
     from lct.config import resolve_experiment
-    from lct.fetch import load_elatentlpips
-    from lct.objectives import build_objective
-    from lct.precond import build_model
-    from lct.random_weights import write_all
+    from lct.weights.fetch import load_elatentlpips
+    from lct.method.objectives import build_objective
+    from lct.method.precond import build_model
+    from lct.weights.random_weights import write_all
 
     res = tmp_path / "resources"
     write_all(res, None, inception=False, vgg16=False, elatentlpips=True)

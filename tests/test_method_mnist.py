@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from lct.config import resolve_experiment
-from lct.objectives import build_objective
-from lct.precond import build_model
-from lct.samplers import generate
+from lct.method.objectives import build_objective
+from lct.method.precond import build_model
+from lct.method.samplers import generate
 
 STEPS = 100
 BATCH = 32

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lct import metrics
-from lct.classifier import DigitClassifier, load_classifier, main as classifier_main, save_classifier, train_classifier
+from lct.evaluation import metrics
+from lct.evaluation.classifier import DigitClassifier, load_classifier, main as classifier_main, save_classifier, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_precision_recall_is_pr50k3_with_unequal_set_sizes():
 def test_vgg16_nvidia_interface_from_a_torchscript_file(tmp_path):
     """NVIDIA's vgg16.pt is TorchScript called as detector(uint8 NCHW, return_features=True); a file of
     that interface (random weights, written by the test-only fetch mode) loads and gives 4096-d features."""
-    from lct.random_weights import write_all
+    from lct.weights.random_weights import write_all
 
     write_all(tmp_path, None, inception=False, vgg16=True, elatentlpips=False)
     with pytest.raises(FileNotFoundError, match="RANDOM"):  # refused outside the smoke test
@@ -186,12 +186,12 @@ def test_inception_legacy_loads_local_weights_offline(tmp_path, monkeypatch):
         m.setattr(inception_pytorch, "load_state_dict_from_url", lambda *a, **k: None)
         m.setattr(torch.nn.Module, "load_state_dict", capture)
         inception_pytorch.fid_inception_v3()
-    from lct.fetch import ASSETS
+    from lct.weights.fetch import ASSETS
 
     dest = tmp_path / ASSETS["inception_legacy"]["path"]
     dest.parent.mkdir(parents=True)
     torch.save(captured["sd"], dest)
-    from lct.fetch import record
+    from lct.weights.fetch import record
 
     record(tmp_path, "inception_legacy", [ASSETS["inception_legacy"]["path"]], "test")  # as fetch-weights pins it
 
@@ -222,8 +222,8 @@ def test_fid_equals_cleanfid_legacy_pytorch_on_jpeg_folders(tmp_path, monkeypatc
     reference statistics of a dataset likewise equal clean-fid's folder statistics."""
     from cleanfid import fid as cfid
 
-    from lct import evaluate as ev
-    from lct.random_weights import write_all
+    from lct.evaluation import evaluate as ev
+    from lct.weights.random_weights import write_all
 
     res = tmp_path / "resources"
     write_all(res, None, inception=True, vgg16=False, elatentlpips=False)
@@ -265,7 +265,7 @@ def test_a_pickled_reference_runs_no_code(tmp_path):
     import pickle
     from pathlib import Path
 
-    import lct.evaluate as ev
+    import lct.evaluation.evaluate as ev
 
     marker = tmp_path / "ran"
 

@@ -5,10 +5,10 @@ import math
 import torch
 from torch import nn
 
-from lct import schedules as S
+from lct.method import schedules as S
 from lct.config import resolve_experiment
-from lct.objectives import ConsistencyObjective, DenoisingObjective, build_objective, shared_rng
-from lct.precond import ConsistencyModel, EDMDenoiser, build_model
+from lct.method.objectives import ConsistencyObjective, DenoisingObjective, build_objective, shared_rng
+from lct.method.precond import ConsistencyModel, EDMDenoiser, build_model
 
 
 def _cfg(preset="slct", **loss):
@@ -186,9 +186,9 @@ def test_as_coded_diffusion_log_is_the_mean_over_selected_samples():
 
 
 def test_given_perm_is_the_one_solved_here():
-    """The loop hands the objective the OT plan it solved one step ahead (lct.batches); the loss is the one
+    """The loop hands the objective the OT plan it solved one step ahead (lct.run.batches); the loss is the one
     the objective gets by solving it itself."""
-    from lct.ot import ot_pair
+    from lct.method.ot import ot_pair
 
     cfg = _cfg("slct")
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from lct.ot import ot_pair
+from lct.method.ot import ot_pair
 
 
 @pytest.mark.parametrize("b,seed", [(2, 0), (7, 1), (16, 2), (32, 3)])

@@ -83,7 +83,7 @@ def test_shapes_formats_and_the_authors_run(smoke):
     slct = yaml.safe_load((out / "configs/celebahq_slct.yaml").read_text())
     assert (slct["loss"]["reduction"], slct["loss"]["c"], slct["loss"]["diffusion_variant"],
             slct["loss"]["diffusion_weight"], slct["network"]["norm"]) == ("mean", "as_coded", "as_coded", 5.0, "nsln")
-    from lct.model import load_checkpoint_model
+    from lct.run.model import load_checkpoint_model
 
     for exp, params in [("celebahq_slct", 158_355_972), ("celebahq_ilct", 151_325_956), ("celebahq_ldm", 151_325_956)]:
         model, cfg, info = load_checkpoint_model(out / f"runs/{exp}/final.pt", "online", "cpu")
@@ -98,9 +98,9 @@ def test_shapes_formats_and_the_authors_run(smoke):
 
 
 def test_random_weights_are_refused_outside_the_smoke_configuration(smoke, monkeypatch):
-    from lct.fetch import MissingResource
-    from lct.metrics import build_feature
-    from lct.vae import load_vae
+    from lct.weights.fetch import MissingResource
+    from lct.evaluation.metrics import build_feature
+    from lct.data.vae import load_vae
 
     tmp, out = smoke
     res = out / "resources"

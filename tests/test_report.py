@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lct import report
+from lct.report import tables as report
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "config" / "published_results.csv"
 

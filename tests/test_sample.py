@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lct import sample as S
-from lct import train as T
+from lct.run import sample as S
+from lct.run import train as T
 from test_train import make_dataset, make_experiment
 
 
@@ -86,7 +86,7 @@ def test_shards_resume_and_png(trained):
 
 
 def test_iter_samples_streams_uint8(trained):
-    from lct.vae import load_codec
+    from lct.data.vae import load_codec
 
     _, data, ckpt = trained
     model, cfg, _ = T.load_checkpoint_model(ckpt, "0.99")

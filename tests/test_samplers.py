@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from lct.config import resolve_experiment
-from lct.precond import build_model
-from lct.samplers import (StackedRandomGenerator, edm_sampler, edm_steps_for_nfe, generate, multistep_sigmas,
+from lct.method.precond import build_model
+from lct.method.samplers import (StackedRandomGenerator, edm_sampler, edm_steps_for_nfe, generate, multistep_sigmas,
                           sample_consistency, two_step_sigmas)
 
 

@@ -1,11 +1,11 @@
-"""Check values of docs/METHOD.md sections 1-4 for lct.schedules (relative error 1e-6)."""
+"""Check values of docs/METHOD.md sections 1-4 for lct.method.schedules (relative error 1e-6)."""
 
 import math
 
 import pytest
 import torch
 
-from lct import schedules as S
+from lct.method import schedules as S
 from lct.config import ScheduleConfig, resolve_experiment
 
 REL = 1e-6

@@ -235,7 +235,7 @@ def test_requeued_training_job_resumes_and_ends_as_the_uninterrupted_run(tmp_pat
     ranks) after its first checkpoint: SIGTERM reaches the ranks, they save and exit; SLURM puts the same job
     id back in the queue; the plugin keeps waiting; the job starts again, resumes from that checkpoint, and
     its final.pt has exactly the tensors of an uninterrupted run of the same command."""
-    from lct.checkpoint import list_checkpoints
+    from lct.files.checkpoint import list_checkpoints
 
     proc, run, cmd = _real_drill("drill_requeue", [])
     try:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lct.data import write_dataset
-from lct.stats import box_stats, main as stats_main
-from lct.vae import LatentNormalizer
+from lct.data.datasets import write_dataset
+from lct.run.stats import box_stats, main as stats_main
+from lct.data.vae import LatentNormalizer
 
 
 @pytest.mark.parametrize("kind", ["normal", "cauchy", "ints"])
@@ -42,7 +42,7 @@ def _latents_dir(path, raw):
 
 
 def test_stats_data_cli(tmp_path):
-    from lct.data import mnist_demo
+    from lct.data.datasets import mnist_demo
 
     x, y = mnist_demo(32)
     write_dataset(tmp_path / "pix", x[:200], y[:200], {})
@@ -65,8 +65,8 @@ def test_stats_data_cli(tmp_path):
 
 def test_stats_td_tiny_untrained_model(tmp_path):
     from lct.config import resolve_experiment
-    from lct.precond import build_model
-    from lct.schedules import karras_sigmas
+    from lct.method.precond import build_model
+    from lct.method.schedules import karras_sigmas
 
     torch.set_num_threads(1)
     cfg = resolve_experiment("ilct", {"network": {"size": "tiny"}, "train": {"total_steps": 1}}, name="td")
@@ -86,7 +86,7 @@ def test_stats_td_tiny_untrained_model(tmp_path):
     assert res["sigmas"] == pytest.approx(sig.tolist()) and res["per_pair"][0]["t_lo"] == pytest.approx(0.002)
 
     # Recompute one pair by hand with the same x0 and z (same seeded draws as td_stats).
-    from lct.data import load_training_data
+    from lct.data.datasets import load_training_data
 
     x, _ = load_training_data(tmp_path / "lat")
     g = torch.Generator().manual_seed(0)

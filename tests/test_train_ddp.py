@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lct.checkpoint import load
+from lct.files.checkpoint import load
 from test_train import make_dataset, make_experiment, state_equal
 
 
@@ -23,12 +23,12 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str, out: str,
             nan_step: int = -1) -> None:
-    # The environment torchrun gives each process; lct.distributed joins the group from it.
+    # The environment torchrun gives each process; lct.infra.distributed joins the group from it.
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from lct import objectives as O
-    from lct import train as T
+    from lct.method import objectives as O
+    from lct.run import train as T
 
     seeds: list[int] = []  # every dropout seed this rank's passes ran under, in order
     real_rng = O.shared_rng
@@ -91,14 +91,14 @@ def test_two_ranks_at_half_batch_are_the_run_of_one_process(tmp_path):
     global batch), the diffusion loss normalised over the global batch, gradients averaged. Only the
     order of floating-point sums differs (tolerance 1e-5 of the distance the weights moved)."""
     from lct.config import resolve_experiment
-    from lct.precond import build_model
+    from lct.method.precond import build_model
 
     data = make_dataset(tmp_path, n=32)
     cfg = make_experiment(tmp_path, preset="slct_as_coded", total_steps=5, batch_size=8, checkpoint_every=100,
                           log_every=5)
     (tmp_path / "two").mkdir()
     _spawn(2, cfg, data, tmp_path / "run2", tmp_path / "two")
-    from lct import train as T
+    from lct.run import train as T
 
     torch.set_num_threads(1)
     one = T.train(T.resolve_config(cfg), data, tmp_path / "run1", device="cpu", quiet=True).state_dict()
@@ -164,12 +164,12 @@ def test_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
 def test_sigterm_under_two_ranks_checkpoints_and_the_rerun_is_the_uninterrupted_run(tmp_path):
     """`lct train --gpus 2` (torchrun, 2 gloo ranks): SIGTERM to torchrun after the first checkpoint makes
     every rank stop at the same step, rank 0 save, all exit; the rerun resumes there and ends with EXACTLY the
-    weights of an uninterrupted 2-rank run (fixed gradient buckets: lct.distributed.GradientAverager)."""
+    weights of an uninterrupted 2-rank run (fixed gradient buckets: lct.infra.distributed.GradientAverager)."""
     import signal
     import subprocess
     import sys
 
-    from lct.checkpoint import list_checkpoints
+    from lct.files.checkpoint import list_checkpoints
 
     data = make_dataset(tmp_path, n=64)
     cfg = make_experiment(tmp_path, preset="slct", total_steps=30, batch_size=8, checkpoint_every=10,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lct import train as T
-from lct.checkpoint import list_checkpoints, load
+from lct.run import train as T
+from lct.files.checkpoint import list_checkpoints, load
 from test_train import make_dataset, make_experiment, state_equal
 
 TOTAL = 40
@@ -24,8 +24,8 @@ def _cmd(cfg: Path, data: Path, run: Path) -> list[str]:
 
 
 def _start_and_interrupt(cfg: Path, data: Path, run: Path, sig: int, extra: list[str] = ()) -> tuple[int, str]:
-    """Start `python -m lct.train` and send `sig` as soon as its first checkpoint exists."""
-    proc = subprocess.Popen([sys.executable, "-m", "lct.train", *_cmd(cfg, data, run), *extra],
+    """Start `python -m lct.run.train` and send `sig` as soon as its first checkpoint exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "lct.run.train", *_cmd(cfg, data, run), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while not list_checkpoints(run):

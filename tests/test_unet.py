@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from lct.config import NetworkConfig
-from lct.nn.norms import NORMS, NonScalingLayerNorm, make_norm, norm_scale_parameters, num_groups
-from lct.nn.params import count_parameters
-from lct.nn.params import main as params_main
-from lct.nn.unet import UNET_SIZES, build_unet, unet_kwargs
+from lct.method.nn.norms import NORMS, NonScalingLayerNorm, make_norm, norm_scale_parameters, num_groups
+from lct.method.nn.params import count_parameters
+from lct.method.nn.params import main as params_main
+from lct.method.nn.unet import UNET_SIZES, build_unet, unet_kwargs
 
 
 @pytest.mark.parametrize("name", sorted(NORMS))
@@ -126,7 +126,7 @@ def test_rms_norm_epsilon_is_the_dtypes_machine_epsilon():
     """Table 2d's RMS cell: torch.nn.RMSNorm(eps=None), as the authors' code builds it (no eps argument)."""
     import torch
 
-    from lct.nn.norms import make_norm
+    from lct.method.nn.norms import make_norm
 
     m = make_norm("rms", 8, 4)
     assert m.eps is None

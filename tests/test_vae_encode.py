@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lct import encode as enc
-from lct.data import load_training_data, mnist_demo, write_dataset
-from lct.vae import LatentNormalizer, VAEError, load_codec, load_vae, train_tiny_vae
+from lct.data import encode as enc
+from lct.data.datasets import load_training_data, mnist_demo, write_dataset
+from lct.data.vae import LatentNormalizer, VAEError, load_codec, load_vae, train_tiny_vae
 
 N = 160  # a subset of the real digits keeps the test fast
 
@@ -180,7 +180,7 @@ def test_normalization_statistics_over_the_training_split_with_bessel():
     import numpy as np
     import torch
 
-    from lct.vae import SD_SCALE, LatentNormalizer
+    from lct.data.vae import SD_SCALE, LatentNormalizer
 
     raw = np.random.default_rng(0).normal(2.0, 3.0, size=(40, 4, 2, 2)).astype(np.float32)
     norm = LatentNormalizer.fit(raw, "standardize", chunk=7, count=30)
@@ -190,7 +190,7 @@ def test_normalization_statistics_over_the_training_split_with_bessel():
     assert not np.allclose(LatentNormalizer.fit(raw, "standardize").std, norm.std, rtol=1e-3)  # all 40 differ
     import pytest
 
-    from lct.vae import VAEError
+    from lct.data.vae import VAEError
 
     with pytest.raises(VAEError, match="train_split.count"):
         LatentNormalizer.fit(raw, "standardize", count=41)
@@ -201,7 +201,7 @@ def test_to_uint8_truncates_as_the_authors_or_rounds():
     import pytest
     import torch
 
-    from lct.vae import VAEError, to_uint8
+    from lct.data.vae import VAEError, to_uint8
 
     x = torch.tensor([-1.0, -0.999, 0.0, 0.004, 0.999, 1.0, 1.5]).view(1, 1, 1, 7)
     trunc = to_uint8(x, "truncate").ravel()
@@ -221,9 +221,9 @@ def test_renormalize_links_the_same_latents_with_another_normalization(tmp_path)
     import numpy as np
     import torch
 
-    from lct.data import load_training_data
-    from lct.encode import main as encode_main
-    from lct.vae import SD_SCALE, LatentNormalizer
+    from lct.data.datasets import load_training_data
+    from lct.data.encode import main as encode_main
+    from lct.data.vae import SD_SCALE, LatentNormalizer
 
     src = tmp_path / "latents"
     src.mkdir()
@@ -246,7 +246,7 @@ def test_flip_count_encodes_the_mirror_images_and_fits_statistics_over_split_and
     """datasets.<d>.train_split.flip (the authors' church256_flip: 120,000 images and their mirror images):
     `--flip-count C` encodes the mirrored images (not mirrored latents) into latents_flip.npy, leaves
     latents.npy the originals', and fits the statistics over the split and its mirrors; training reads both."""
-    from lct.data import load_flip_copies
+    from lct.data.datasets import load_flip_copies
 
     root, _ = demo
     c = 50
@@ -276,7 +276,7 @@ def test_flip_count_encodes_the_mirror_images_and_fits_statistics_over_split_and
                               flip_count=c)["flip_count"] == c
     enc.encode_dataset(root / "mnist", root / "vae", tmp_path / "f", batch_size=16, posterior="mean", stats_count=c)
     assert not (tmp_path / "f" / enc.FLIP_FILE).exists()
-    from lct.data import DataError
+    from lct.data.datasets import DataError
 
     with pytest.raises(DataError, match="flip-count"):
         load_flip_copies(tmp_path / "f", x[:c])

@@ -1,4 +1,4 @@
-"""lct.wfconfig: cross-reference checks naming the key, and the slices tables and figures read."""
+"""lct.workflow.config: cross-reference checks naming the key, and the slices tables and figures read."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lct.config import ConfigError
-from lct.wfconfig import check_references, figure_slice, resolve_all, table_slice
+from lct.workflow.config import check_references, figure_slice, resolve_all, table_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""lct.wfrules: what the rules ask of the workflow config, as plain Python (the workflow's commands are
+"""lct.workflow.rules: what the rules ask of the workflow config, as plain Python (the workflow's commands are
 checked end to end by tests/test_workflow.py; here each answer on its own)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from lct.wfrules import Rules, WorkflowConfigError, alternation
+from lct.workflow.rules import Rules, WorkflowConfigError, alternation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +193,7 @@ def test_a_setting_added_to_the_code_retrains_nothing_until_it_is_set(paper):
     and no difference for lct train; set to anything else it is both."""
     from snakemake.persistence import UNREPRESENTABLE, PersistenceBase
 
-    from lct import train as T
+    from lct.run import train as T
     from lct.config import ADDED_SETTINGS, ExperimentConfig, flat_settings, weight_settings
 
     defaults = flat_settings(ExperimentConfig())

@@ -1,8 +1,8 @@
 # Paths, wildcard constraints and the one object the rules ask about the config. The logic (input
-# lists, command arguments, targets, captions, site resources) is lct/wfrules.py, tested as plain
+# lists, command arguments, targets, captions, site resources) is lct/workflow/rules.py, tested as plain
 # Python; a rule names R.<method> as its input function or params (Snakemake passes wildcards).
-from lct.wfrules import Rules, alternation
-from lct.wfsite import is_report_run
+from lct.workflow.rules import Rules, alternation
+from lct.workflow.site import is_report_run
 
 # Checks every cross-reference, resolves every experiment (ranges included), reads the site knobs;
 # a bad value ends the run here in one line naming the key.

@@ -40,7 +40,7 @@ rule evaluate:
         "--out {output} > {log} 2>&1"
 
 
-# The 2-NFE intermediate index as the authors chose theirs (config `two_step_sweep`, lct/sweep.py):
+# The 2-NFE intermediate index as the authors chose theirs (config `two_step_sweep`, lct/report/sweep.py):
 # each candidate index scored with a short FID, the lowest picked (a local rule), and the full
 # evaluation at it. The main tables keep each experiment's configured sample.two_step_index.
 rule sweep_candidate:

@@ -19,7 +19,7 @@ rule experiment_config:
 # them, and rerunning the same command resumes. Several GPUs: `lct train --gpus N` starts torchrun
 # inside the one job. Only a rewritten configs/<e>.yaml (a weight setting changed) retrains. The
 # bookkeeping (checkpoint / log / snapshot cadence, workers, ...) is no input: the workflow writes
-# configs/<e>.run.yaml when it starts (onstart, lct.wfrules.Rules.write_run_settings) and `lct train
+# configs/<e>.run.yaml when it starts (onstart, lct.workflow.rules.Rules.write_run_settings) and `lct train
 # --run-settings` reads it, so bookkeeping edits, moved data or a moved clone plan no retraining (no
 # path but that constant one is a param). When a weight setting changed, `lct train
 # --on-config-change supersede` moves the old state aside (runs/<e>/superseded-<time>/) and starts afresh.

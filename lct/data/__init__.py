@@ -1,0 +1,1 @@
+"""Datasets, the VAE codec and the encoding into latents."""

@@ -1,0 +1,1 @@
+"""Metric networks, FID and Recall, the evaluation of one cell."""

@@ -1,0 +1,1 @@
+"""Files the runs write and read: downloads, checkpoints, the training log."""

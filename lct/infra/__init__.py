@@ -1,0 +1,1 @@
+"""Infrastructure: devices, memory, several processes, the metric suites' names, the torchvision fix."""

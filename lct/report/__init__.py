@@ -1,0 +1,1 @@
+"""Tables, figures, the 2-NFE index sweep and the cost estimates."""

@@ -1,0 +1,1 @@
+"""Pretrained files: fetching and checking them (and random stand-ins for the tests)."""

@@ -1,0 +1,1 @@
+"""What the Snakemake rules ask: config checks, site settings, paths and command arguments."""
