@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lct.run.train", "train one experiment (resumable; torchrun for several GPUs)"),
     "sample": ("lct.run.sample", "generate samples with per-image seeds"),
     "train-classifier": ("lct.evaluation.classifier", "train the demo's digit classifier (its metric features)"),
-    "ref-stats": ("lct.evaluation.evaluate", "reference feature statistics of a dataset", "ref_stats_main"),
+    "ref-stats": ("lct.evaluation.reference", "reference feature statistics of a dataset", "ref_stats_main"),
     "evaluate": ("lct.evaluation.evaluate", "FID / Recall of one (experiment, NFE)"),
     "report": ("lct.report.tables", "tables and figures beside the published numbers"),
     "sweep": ("lct.report.sweep", "the 2-NFE intermediate index by a short FID per candidate (best, table)"),

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from lct.run import train as T
+
+from lct.run import loop as L
 from lct.files.checkpoint import list_checkpoints, load
 from lct.config import ConfigError, resolve_experiment, save_experiment
 from lct.method.objectives import DistillationObjective
@@ -170,7 +172,7 @@ def test_cd_student_starts_as_the_teacher(teacher_and_student, tmp_path, monkeyp
     import torch
 
     root, data, teacher, _ = teacher_and_student
-    monkeypatch.setattr(T, "make_optimizer", lambda cfg, params: torch.optim.SGD(params, lr=0.0))
+    monkeypatch.setattr(L, "make_optimizer", lambda cfg, params: torch.optim.SGD(params, lr=0.0))
     scfg = make_experiment(tmp_path, preset="cd", name="student0", total_steps=1, weight_decay=0.0)
     model = T.train(T.resolve_config(scfg), data, tmp_path / "run", device="cpu", quiet=True, teacher=teacher)
     t_unet = {k: v for k, v in load(teacher)["ema"]["0.9"].items() if k.startswith("unet.")}

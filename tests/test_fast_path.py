@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from lct.run import train as T
+
+from lct.run import loop as L
 from lct.config import resolve_experiment, save_experiment
 from lct.method.precond import build_model
 from test_train import make_dataset
@@ -73,7 +75,7 @@ def test_ema_copies_take_the_weights_memory_format(reference, monkeypatch):
                              for shadows in self.shadows.values() for n, sh in shadows.items()])
             super().update(model)
 
-    monkeypatch.setattr(T, "EMA", Recording)
+    monkeypatch.setattr(L, "EMA", Recording)
     run(tmp, "cl_ema", channels_last=True)
     assert seen and all(same for _, same, _ in seen[0])
     assert any(cl for n, _, cl in seen[0] if n.endswith("weight"))  # the weights were channels_last

@@ -23,6 +23,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from test_train import make_dataset
 
 import lct.run.train as T
+
+from lct.run import loop as L
 from lct.config import ExperimentConfig, resolve_experiment
 
 HOST_READS = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "unique_dim",
@@ -100,9 +102,9 @@ def _count(tmp_path, monkeypatch, cfg: ExperimentConfig, steps: int, extra_read:
 
     with monkeypatch.context() as m:  # undone after this run (the next run wraps the originals)
         m.setattr(lct.data.datasets, "load_training_data", load_data)
-        m.setattr(T, "build_model", build_model)
+        m.setattr(L, "build_model", build_model)
         if extra_read:  # negative control: one host read of the batch added to every step
-            make = T.make_objective
+            make = L.make_objective
 
             def with_read(*a, **k):
                 obj = make(*a, **k)
@@ -113,7 +115,7 @@ def _count(tmp_path, monkeypatch, cfg: ExperimentConfig, steps: int, extra_read:
 
                 return call
 
-            m.setattr(T, "make_objective", with_read)
+            m.setattr(L, "make_objective", with_read)
         cfg = ExperimentConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "total_steps": steps}})
         with tracker:
             T.train(cfg, data_dir, tmp_path / f"run{steps}{extra_read}", device="cpu", quiet=True)

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from lct.run import train as T
+
+from lct.run import loop as L
 from lct.files.checkpoint import list_checkpoints, load
 from lct.config import resolve_experiment, save_experiment
 
@@ -149,7 +151,7 @@ class NaNAt:
 def test_nan_guard_skips_and_stops(tmp_path, monkeypatch, capsys):
     data = make_dataset(tmp_path, n=16)
     made: list[NaNAt] = []
-    real = T.make_objective
+    real = L.make_objective
 
     def wrapped(steps):
         def factory(cfg, total, resources=None, teacher=None):
@@ -158,7 +160,7 @@ def test_nan_guard_skips_and_stops(tmp_path, monkeypatch, capsys):
         return factory
 
     # Two isolated bad steps: skipped (no update), counted, the run finishes.
-    monkeypatch.setattr(T, "make_objective", wrapped({3, 5}))
+    monkeypatch.setattr(L, "make_objective", wrapped({3, 5}))
     cfg_path = make_experiment(tmp_path, preset="ilct", total_steps=8, log_every=8, batch_size=4)
     run = tmp_path / "run"
     assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run), "--quiet"]) == 0
@@ -169,7 +171,7 @@ def test_nan_guard_skips_and_stops(tmp_path, monkeypatch, capsys):
     assert rec["bad_steps"] == 2 and math.isfinite(rec["loss"])
 
     # max_bad_steps consecutive bad steps: clear error, exit 4, the last good checkpoint kept, no final.pt.
-    monkeypatch.setattr(T, "make_objective", wrapped(set(range(6, 100))))
+    monkeypatch.setattr(L, "make_objective", wrapped(set(range(6, 100))))
     cfg_path = make_experiment(tmp_path, preset="ilct", name="t2", total_steps=20, batch_size=4, max_bad_steps=2)
     run2 = tmp_path / "run2"
     assert T.main(["--config", str(cfg_path), "--data", str(data), "--run-dir", str(run2), "--quiet"]) == 4
@@ -289,6 +291,7 @@ def test_lct_train_itself_refuses_what_the_workflow_would(tmp_path, capsys, sett
     """The dry-run's ranges hold at the command too (exit 2 before any work, the key named); `1e-4`,
     a string to PyYAML, is a number."""
     from lct.run import train as T
+    from lct.run import loop as L
 
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, total_steps=2)
@@ -309,6 +312,8 @@ def test_one_writer_per_run_directory(tmp_path, capsys):
     import os
 
     from lct.run import train as T
+
+    from lct.run import loop as L
 
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, total_steps=2, checkpoint_every=100, log_every=1)
@@ -337,6 +342,7 @@ def test_damaged_data_and_a_full_disk_name_the_file_and_the_fix(tmp_path, capsys
 
     from lct.files import checkpoint as ckio
     from lct.run import train as T
+    from lct.run import loop as L
 
     lat = tmp_path / "latents"
     lat.mkdir()
@@ -368,7 +374,9 @@ def test_a_failure_that_will_repeat_costs_one_attempt(tmp_path, capsys, monkeypa
 
     from lct.run import train as T
 
-    real = T.make_objective
+    from lct.run import loop as L
+
+    real = L.make_objective
 
     def nan_objective(cfg, total, resources=None, teacher=None):
         obj = real(cfg, total, resources, teacher)
@@ -378,7 +386,7 @@ def test_a_failure_that_will_repeat_costs_one_attempt(tmp_path, capsys, monkeypa
             return loss * float("nan"), logs
         return call
 
-    monkeypatch.setattr(T, "make_objective", nan_objective)
+    monkeypatch.setattr(L, "make_objective", nan_objective)
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, total_steps=6, max_bad_steps=2)
     run = tmp_path / "run"
@@ -401,6 +409,8 @@ def test_gpus_asked_without_cuda_are_refused_naming_the_node(tmp_path, capsys, m
 
     from lct.run import train as T
 
+    from lct.run import loop as L
+
     data = make_dataset(tmp_path, n=16)
     cfg = make_experiment(tmp_path, total_steps=1)
     argv = ["--config", str(cfg), "--data", str(data), "--run-dir", str(tmp_path / "run"), "--quiet"]
@@ -419,6 +429,8 @@ def test_non_finite_weights_or_emas_are_never_saved(tmp_path, capsys, monkeypatc
     import torch
 
     from lct.run import train as T
+
+    from lct.run import loop as L
 
     real = T.EMA.update
 
@@ -459,8 +471,8 @@ def test_nan_steps_halve_the_lr_after_more_than_n(tmp_path, monkeypatch):
     """The authors' nan_count block: non-finite steps are skipped and counted; more than
     train.nan_lr_halving of them since the last halving halve the lr (logged) and the count restarts."""
     data = make_dataset(tmp_path, n=16)
-    real = T.make_objective
-    monkeypatch.setattr(T, "make_objective",
+    real = L.make_objective
+    monkeypatch.setattr(L, "make_objective",
                         lambda cfg, total, resources=None, teacher=None: NaNAt(real(cfg, total, resources, teacher),
                                                                                {1, 3, 4, 6, 7}))
     cfg_path = make_experiment(tmp_path, preset="ilct", total_steps=10, log_every=10, batch_size=4, lr=1e-3,

@@ -29,6 +29,7 @@ def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str
     torch.set_num_threads(1)
     from lct.method import objectives as O
     from lct.run import train as T
+    from lct.run import loop as L
 
     seeds: list[int] = []  # every dropout seed this rank's passes ran under, in order
     real_rng = O.shared_rng
@@ -40,7 +41,7 @@ def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str
     O.shared_rng = recording_rng
 
     if nan_step >= 0 and rank == 1:  # a non-finite loss on ONE rank only, at one step
-        real = T.make_objective
+        real = L.make_objective
 
         def make(cfg, total, resources=None, teacher=None):
             obj = real(cfg, total, resources, teacher)
@@ -49,7 +50,7 @@ def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str
                 loss, logs = obj(net, x0, noise, step, **kw)
                 return (loss * float("nan") if step == nan_step else loss), logs
             return call
-        T.make_objective = make
+        L.make_objective = make
     model = T.train(T.resolve_config(cfg_path), data, run, device="cpu", quiet=True)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"seeds{rank}.txt"), "w") as f:
@@ -99,6 +100,7 @@ def test_two_ranks_at_half_batch_are_the_run_of_one_process(tmp_path):
     (tmp_path / "two").mkdir()
     _spawn(2, cfg, data, tmp_path / "run2", tmp_path / "two")
     from lct.run import train as T
+    from lct.run import loop as L
 
     torch.set_num_threads(1)
     one = T.train(T.resolve_config(cfg), data, tmp_path / "run1", device="cpu", quiet=True).state_dict()

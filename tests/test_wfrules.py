@@ -83,7 +83,7 @@ def test_training_params_are_the_weight_settings_one_per_key(paper):
     setting is its own param, so Snakemake's reason names the keys that changed."""
     r = Rules(paper)
     params = r.settings_params()
-    values = {fn(w(experiment="celebahq_slct")) for fn in params.values()}
+    values = {str(fn(w(experiment="celebahq_slct"))) for fn in params.values()}
     assert "train.lr=0.0001" in values and 'loss.distance="cauchy"' in values
     assert not any(v.startswith(("train.checkpoint_every", "train.log_every", "train.num_workers",
                                  "train.keep_checkpoints", "name=")) for v in values)
@@ -91,9 +91,9 @@ def test_training_params_are_the_weight_settings_one_per_key(paper):
     cfg = copy.deepcopy(paper)
     cfg["defaults"]["train"]["checkpoint_every"] = 7
     cfg["defaults"]["train"]["log_every"] = 3
-    assert {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).settings_params().values()} == values
+    assert {str(fn(w(experiment="celebahq_slct"))) for fn in Rules(cfg).settings_params().values()} == values
     cfg["experiments"]["celebahq_slct"]["overrides"]["train"]["lr"] = 2e-4
-    changed = {fn(w(experiment="celebahq_slct")) for fn in Rules(cfg).settings_params().values()} - values
+    changed = {str(fn(w(experiment="celebahq_slct"))) for fn in Rules(cfg).settings_params().values()} - values
     assert changed == {"train.lr=0.0002"}
     run = Rules(cfg).run_settings("celebahq_slct")
     assert run["train.checkpoint_every"] == 7 and run["train.log_every"] == 3 and "train.lr" not in run

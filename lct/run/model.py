@@ -128,3 +128,53 @@ def configure_fast_path(model: torch.nn.Module, fast: dict[str, Any], device: to
         torch.backends.cudnn.allow_tf32 = fast["tf32"]
     if fast["channels_last"]:
         model.to(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------- the teacher of a distillation
+
+
+def with_teacher_digest(cfg: ExperimentConfig, teacher: str | Path | None) -> ExperimentConfig:
+    """Objective distillation: the config with distill.teacher_sha256 = the --teacher file's sha256, so a
+    retrained teacher is a changed config (resume refuses, --on-config-change supersede starts afresh)."""
+    if cfg.objective != "distillation":
+        if teacher is not None:
+            raise ConfigError(f"--teacher {teacher}: experiment {cfg.name!r} has objective {cfg.objective!r}; "
+                              "only objective distillation reads a teacher")
+        return cfg
+    if teacher is None:
+        raise ConfigError(f"experiment {cfg.name!r} has objective distillation: give its teacher with "
+                          f"--teacher runs/{cfg.distill.teacher or '<teacher experiment>'}/final.pt")
+    if not Path(teacher).is_file():
+        raise ConfigError(f"--teacher {teacher}: no such file; train the teacher experiment "
+                          f"({cfg.distill.teacher or 'distill.teacher'}) first")
+    from lct.files.download import sha256_file
+
+    digest = sha256_file(teacher)
+    if cfg.distill.teacher_sha256 not in (None, digest):
+        raise ConfigError(f"--teacher {teacher} has sha256 {digest}, but distill.teacher_sha256 = "
+                          f"{cfg.distill.teacher_sha256}; give the teacher this config was made for, or unset the key")
+    d = cfg.to_dict()
+    d["distill"]["teacher_sha256"] = digest
+    return ExperimentConfig.from_dict(d, where=f"experiment {cfg.name!r}")
+
+
+def load_teacher(cfg: ExperimentConfig, teacher: str | Path | torch.nn.Module, shape: list[int],
+                 dev: torch.device) -> torch.nn.Module:
+    """The frozen teacher denoiser of objective distillation: its distill.teacher_ema weights, checked to be
+    a denoising run on data of this run's shape."""
+    if isinstance(teacher, torch.nn.Module):  # tests: an analytic denoiser
+        return teacher.to(dev).eval().requires_grad_(False)
+    model, tcfg, info = load_checkpoint_model(teacher, cfg.distill.teacher_ema, dev)
+    if tcfg.objective != "denoising":
+        raise ConfigError(f"--teacher {teacher}: experiment {tcfg.name!r} has objective {tcfg.objective!r}; the "
+                          "teacher of distillation is a denoising run (preset ldm_ve)")
+    if list(info["data"]["shape"][1:]) != list(shape[1:]):
+        raise ConfigError(f"--teacher {teacher} was trained on data of shape {info['data']['shape'][1:]}, this run's "
+                          f"data is {shape[1:]}; distill from a teacher of the same dataset")
+    if cfg.distill.init_from_teacher:
+        ours, theirs = cfg.to_dict()["network"], tcfg.to_dict()["network"]
+        diff = [f"network.{k}: {theirs[k]!r} (teacher) vs {ours[k]!r}" for k in ours if k != "dropout" and ours[k] != theirs[k]]
+        if diff:
+            raise ConfigError(f"experiment {cfg.name!r}: distill.init_from_teacher needs the teacher's network, but "
+                              f"{'; '.join(diff)}; match the network or set distill.init_from_teacher: false")
+    return model
