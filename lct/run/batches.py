@@ -1,6 +1,6 @@
 """The training loop's batches, prepared one step ahead: data, noise and the minibatch-OT pairing.
 
-Step k's global batch is a function of (train.seed, k) alone (lct.run.train.DataOrder for the images, a
+Step k's global batch is a function of (train.seed, k) alone (DataOrder for the images, a
 generator seeded from the step for the noise), so batch k + 1 can be made while step k trains without
 changing a single number. What that buys:
 

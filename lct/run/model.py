@@ -1,7 +1,7 @@
 """The model side of a run, shared by training and everything that reads its weights: building the
 preconditioned UNet from a config, the evaluation EMAs, the optimizer, and loading weights from a
 checkpoint. `lct sample`, `lct evaluate`, `lct stats` and the figures import this module, not the
-training loop (lct/run/train.py).
+training loop (lct/run/loop.py).
 """
 
 from __future__ import annotations
