@@ -317,7 +317,7 @@ def run_length(cfg: ExperimentConfig, num_images: int | None = None) -> dict[str
     copies); None when the data size is needed. With train.flip_copies an epoch is twice the split."""
     import math
 
-    from lct.method import curriculum as S  # torch-free: the workflow's config writers call this
+    from lct.config import curriculum as S  # torch-free: the workflow's config writers call this
 
     t = cfg.train
     n = t.num_images or num_images

@@ -1,1 +1,1 @@
-"""The paper's method: schedules, curriculum, losses, OT, preconditioning, objectives, samplers, the network."""
+"""The paper's method: schedules, losses, OT, preconditioning, objectives, samplers, the network."""

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-# The discretization curricula are integer arithmetic, kept torch-free in lct.method.curriculum (the
+# The discretization curricula are integer arithmetic, kept torch-free in lct.config.curriculum (the
 # workflow's config writers import them without importing torch).
-from lct.method.curriculum import (  # noqa: F401 (re-exported)
+from lct.config.curriculum import (  # noqa: F401 (re-exported)
     _num_stages_exp,
     curriculum_stage,
     curriculum_stages,
