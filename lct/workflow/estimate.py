@@ -66,7 +66,7 @@ def train_gpu_hours(c: Any, sizes: dict[str, int], train_ips: float = DEFAULT_TR
 
 def training_gpus(repo: str | Path | None = None) -> int:
     """GPUs of one training job: `set-resources: train: gpu` of the workflow profile (the paper's 4)."""
-    path = Path(repo or Path(__file__).resolve().parents[1]) / "workflow/profiles/default/config.yaml"
+    path = Path(repo or Path(__file__).resolve().parents[2]) / "workflow/profiles/default/config.yaml"
     try:
         return int(yaml.safe_load(path.read_text())["set-resources"]["train"]["gpu"])
     except (OSError, KeyError, TypeError, ValueError):
@@ -153,7 +153,7 @@ def load_config(paths: list[str], repo: str | Path | None = None) -> dict[str, A
     from lct.config import merge
     from lct.workflow.site import site_file
 
-    repo = Path(repo or Path(__file__).resolve().parents[1])
+    repo = Path(repo or Path(__file__).resolve().parents[2])
     overlays = [yaml.safe_load(Path(p).read_text()) or {} for p in paths]
     standalone = any(o.get("standalone") for o in overlays)
     cfg: dict[str, Any] = {} if standalone else yaml.safe_load((repo / "config/config.yaml").read_text())
