@@ -153,3 +153,21 @@ def test_a_wrong_arrow_is_reported(edge):
     g = import_graph()
     g[edge[0]] = g[edge[0]] | {edge[1]}
     assert any(b.startswith(f"{edge[0]}") and edge[1] in b for b in layer_violations(g))
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 80
+
+
+def test_modules_and_functions_stay_small():
+    """One concern per file, functions of a screenful: no module of lct/ over 450 lines, no function over 80."""
+    long_modules, long_functions = [], []
+    for f in sorted((ROOT / "lct").rglob("*.py")):
+        text = f.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{f.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text, str(f))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+    assert long_modules == [] and long_functions == []
