@@ -111,11 +111,20 @@ def compile_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> torch.nn.Mo
     block from the output back, and the late blocks' buckets are averaged while the early blocks'
     backward computes. Blocks of the same shape share their compiled code, so compiling takes less
     time too. The module keeps its type and state_dict keys (no `_orig_mod.` prefix)."""
+    import torch._dynamo
+
     from lct.method.nn.unet import ResBlock
 
-    for m in model.modules():
-        if isinstance(m, ResBlock):
-            m.compile(**compile_kwargs)
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    # Every block runs the same code (ResBlock.forward) with its own shapes and switches, so Dynamo compiles
+    # it once per variant: above its recompile limit (8 by default) the remaining blocks would silently run
+    # eager (the paper UNet has 44 blocks: 15 compiled). Allow one variant per block, plus the other
+    # modules' margin, for the online and target copies alike.
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 2 * len(blocks) + 8)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, cfg.recompile_limit * 4)
+    for m in blocks:
+        m.compile(**compile_kwargs)
     return model
 
 
