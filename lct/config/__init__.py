@@ -31,6 +31,7 @@ class NetworkConfig:
     dropout: float = 0.0  # Dropout probability in residual blocks (authors' code: 0).
     norm: str = "group"  # Norm layer: group, instance, layer, rms, nsln, nsgn, nsin (lct.method.nn.norms.NORMS).
     noise_conditioning: str = "cm"  # c_noise convention: "cm" = 250 ln t, "edm" = ln(t) / 4.
+    s_conditioning: bool = False  # Also embed a second time s, the end of CTM's jump (objective trajectory needs it); off: the network is unchanged.
 
 
 @dataclass
@@ -97,6 +98,7 @@ class SampleConfig:
     two_step_index: int = 420  # Second-step sigma: index of the two_step_grid-point Karras grid (ascending from 0 at sigma_max).
     two_step_grid: int = 641  # Points of the grid the second-step sigma is read from.
     diffusion_steps: int = 250  # NFE of the deterministic EDM sampler for the diffusion baseline.
+    gamma: float = 0.0  # CTM's gamma-sampling (objective trajectory): 0 = deterministic long jumps, 1 = CM's multistep sampler.
 
 
 @dataclass
@@ -111,17 +113,25 @@ class DistillConfig:
 
 
 @dataclass
+class TrajectoryConfig:
+    solver: str = "teacher"  # Heun solver of the soft-matching target: "teacher" (distill.teacher's denoiser) or "self" (the target network's own denoiser g(x, u, u): CTM without a pre-trained diffusion model).
+    max_solver_steps: int | None = None  # Most Heun steps from t to u on the distill.num_timesteps grid (drawn uniformly from 1 .. this each iteration); None = the grid's intervals (u anywhere in [s, t)).
+    dsm_weight: float = 1.0  # lambda_DSM: weight of the denoising score matching loss on g(x_t, t, t).
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"  # Experiment name (a key of `experiments` in the workflow config).
     dataset: str = ""  # Dataset name (a key of `datasets` in the workflow config).
     preset: str = "slct"  # The preset this experiment started from.
-    objective: str = "consistency"  # "consistency" (iCT / sLCT), "denoising" (VE latent diffusion) or "distillation" (CD).
+    objective: str = "consistency"  # "consistency" (iCT / sLCT), "denoising" (VE latent diffusion), "distillation" (CD) or "trajectory" (CTM).
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)  # read by objective: distillation only
+    distill: DistillConfig = field(default_factory=DistillConfig)  # read by objectives distillation and trajectory
+    ctm: TrajectoryConfig = field(default_factory=TrajectoryConfig)  # read by objective: trajectory only
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,12 +174,28 @@ _CD = {
     "schedule": {"timestep_dist": "uniform", "weighting": "uniform"},
     "loss": {"distance": "l2", "c": "fixed", "diffusion_loss": False, "ot": False},
 }
+# Consistency trajectory model (Kim et al. 2024, CTM; beyond the paper): G(x_t, t, s) with EDM
+# preconditioning inside g and the s-embedding; soft consistency matching over CD's 18-point grid with
+# the EMA target theta- (CTM: 0.999), DSM on g(x_t, t, t) with lambda_DSM 1, no GAN loss; the solver is
+# the teacher's Heun (`ctm` preset) or the target's own denoiser (`ctm_self`, from scratch).
+_CTM = {
+    "objective": "trajectory",
+    "network": {"norm": "group", "noise_conditioning": "edm", "s_conditioning": True},
+    "loss": {"distance": "l2", "c": "fixed", "diffusion_loss": False, "ot": False},
+    "distill": {"target_ema": 0.999},
+    "ctm": {"solver": "teacher"},
+}
+_CTM_SELF = copy.deepcopy(_CTM)
+_CTM_SELF["distill"].update({"init_from_teacher": False})
+_CTM_SELF["ctm"].update({"solver": "self"})
 PRESETS: dict[str, dict[str, Any]] = {
     "ilct": _ILCT,  # iCT in latent space: Pseudo-Huber, fixed c, GroupNorm, no OT, no diffusion loss.
     "slct": _SLCT,  # The paper's full method: Cauchy, diffusion loss r 0.25, OT, scaled c, NsLN.
     "slct_as_coded": _SLCT_AS_CODED,  # sLCT as the authors' code implements it.
     "ldm_ve": _LDM_VE,  # VE latent diffusion with the same UNet (EDM loss), Table 1 "LDM-8 dagger".
     "cd": _CD,  # Consistency distillation from a trained ldm_ve teacher (not in the paper; table_cd).
+    "ctm": _CTM,  # CTM with a trained ldm_ve teacher's Heun solver (not in the paper; table_ctm).
+    "ctm_self": _CTM_SELF,  # CTM without a teacher: its own EMA denoiser solves the ODE (not in the paper; table_ctm).
 }
 
 
@@ -224,6 +250,11 @@ def resolve_experiment(
     return validate(ExperimentConfig.from_dict(d, where=f"experiment {name!r}"))
 
 
+def reads_teacher(cfg: ExperimentConfig) -> bool:
+    """Whether a run reads a teacher (`lct train --teacher`): distillation, and CTM with ctm.solver teacher."""
+    return cfg.objective == "distillation" or (cfg.objective == "trajectory" and cfg.ctm.solver == "teacher")
+
+
 def resolve_workflow_experiment(workflow_config: dict[str, Any], name: str) -> ExperimentConfig:
     """Experiment `name` of a workflow config (config/config.yaml): its preset and overrides, the
     config's `defaults` and its `reading`."""
@@ -271,7 +302,12 @@ def flat_settings(cfg: "ExperimentConfig | dict[str, Any]", prefix: str = "") ->
 # those runs (its default). While an experiment holds that value, the key is left out of what decides a
 # retraining: the workflow's experiment_config params (lct.workflow.rules) and lct train's comparison with a
 # checkpoint's config. So adding a setting never retrains or re-scores a finished run; setting it does.
-ADDED_SETTINGS: dict[str, Any] = {"train.flip_copies": False, "loss.ot_group": None}
+ADDED_SETTINGS: dict[str, Any] = {
+    "train.flip_copies": False, "loss.ot_group": None,
+    # objective trajectory (CTM): the s-embedding switch, its own section and its sampler
+    "network.s_conditioning": False, "ctm.solver": "teacher", "ctm.max_solver_steps": None, "ctm.dsm_weight": 1.0,
+    "sample.gamma": 0.0,
+}
 
 
 def is_added_default(key: str, *values: Any) -> bool:

@@ -76,7 +76,8 @@ def _coerce(tp: Any, v: Any, key: str) -> Any:
 
 # Allowed values of the string switches, checked by `validate`.
 CHOICES: dict[str, set[str]] = {
-    "objective": {"consistency", "denoising", "distillation"},
+    "objective": {"consistency", "denoising", "distillation", "trajectory"},
+    "ctm.solver": {"teacher", "self"},
     "network.norm": {"group", "instance", "layer", "rms", "nsln", "nsgn", "nsin"},
     "network.noise_conditioning": {"cm", "edm"},
     "schedule.curriculum": {"exp", "sqrt", "fixed"},
@@ -136,6 +137,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "distill.num_timesteps": (2, None, True, False),
     "distill.skip": (1, None, True, False),
     "distill.target_ema": (0.0, 1.0, True, False),
+    "ctm.max_solver_steps": (1, None, True, False),
+    "ctm.dsm_weight": (0.0, None, True, False),
+    "sample.gamma": (0.0, 1.0, True, True),
 }
 
 
@@ -205,4 +209,19 @@ def validate(cfg: Any) -> Any:
         if cfg.loss.diffusion_loss or cfg.loss.ot:
             raise ConfigError(f"{where}: loss.diffusion_loss and loss.ot are consistency-training "
                               "components; set them false for objective distillation")
+    if cfg.objective == "trajectory":
+        if not cfg.network.s_conditioning:
+            raise ConfigError(f"{where}: objective trajectory jumps to a time s the network must see; set "
+                              "network.s_conditioning: true (preset ctm or ctm_self)")
+        if cfg.loss.diffusion_loss or cfg.loss.ot:
+            raise ConfigError(f"{where}: loss.diffusion_loss and loss.ot are consistency-training components; set "
+                              "them false for objective trajectory (its DSM term is ctm.dsm_weight)")
+        ms = cfg.ctm.max_solver_steps
+        if ms is not None and ms > dc.num_timesteps - 1:
+            raise ConfigError(f"{where}: ctm.max_solver_steps = {ms} is more than the {dc.num_timesteps - 1} intervals "
+                              "of the distill.num_timesteps grid; lower it or set null for all of them")
+        if cfg.ctm.solver == "self" and dc.init_from_teacher:
+            raise ConfigError(f"{where}: ctm.solver self trains without a teacher; set distill.init_from_teacher: false")
+    elif cfg.network.s_conditioning:
+        raise ConfigError(f"{where}: network.s_conditioning is for objective trajectory only; set it false")
     return cfg

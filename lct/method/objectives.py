@@ -8,10 +8,8 @@ a resumed run repeats the same stream.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,41 +18,11 @@ from lct.method import schedules as S
 from lct.infra.device import to_device
 from lct.method.losses import make_distance, squared_norm
 from lct.method.ot import ot_pair
+from lct.method.steps import TargetNetwork, rank_seed, shared_rng, step_generator  # noqa: F401 (re-exported)
+from lct.method.trajectory import TrajectoryObjective
 
 if TYPE_CHECKING:
     from lct.config import ExperimentConfig
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """CPU generator for iteration `step` of a run with train.seed `seed` (resumable stream)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The dropout seed of one rank for one step, from the step's shared draw `seed`: rank 0 keeps it
-    (a one-process run is unchanged), rank r > 0 gets an independent stream of (seed, r). Each rank
-    holds different samples, so each needs its own masks; its online and target passes still share one."""
-    if rank == 0:
-        return seed
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> np.uint64(2))
-
-
-@contextlib.contextmanager
-def shared_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Run a block with the global RNG of `device` at `seed`, restoring it afterwards.
-
-    Entering twice with the same seed makes two forward passes draw the same dropout mask.
-    """
-    cuda = device.type == "cuda"
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 class ConsistencyObjective:
@@ -202,7 +170,7 @@ class DenoisingObjective:
         return loss, logs
 
 
-class DistillationObjective:
+class DistillationObjective(TargetNetwork):
     """Consistency distillation (Song et al. 2023, Algorithm 2; LCM's skipping step when k > 1).
 
     The teacher is a trained EDM denoiser D (objective denoising, its EMA weights, frozen); one Heun
@@ -230,30 +198,6 @@ class DistillationObjective:
         self.sigmas = S.karras_sigmas(dc.num_timesteps, sc.sigma_min, sc.sigma_max, sc.rho)  # ascending, float64
         self.probs = S.index_probs(self.sigmas, sc, dc.skip)
         self.target: nn.Module | None = None  # theta- (None: stopgrad of the online network)
-
-    # -- the target network theta- (state of the objective) --
-    def attach(self, model: nn.Module) -> None:
-        """Make theta- = theta (a frozen copy; the fast-path settings of `model` come with it; the
-        loop compiles it as it compiles `model`, lct.run.model.compile_blocks)."""
-        if self.cfg.distill.target_ema > 0:
-            self.target = copy.deepcopy(model).requires_grad_(False)
-
-    @torch.no_grad()
-    def after_update(self, model: nn.Module) -> None:
-        """theta- <- mu theta- + (1 - mu) theta, after each optimizer step (Algorithm 2)."""
-        if self.target is None:
-            return
-        tgt, src = self.target.state_dict(), model.state_dict()
-        floats = [k for k, v in tgt.items() if v.is_floating_point()]
-        torch._foreach_lerp_([tgt[k] for k in floats], [src[k].detach() for k in floats],
-                             1.0 - self.cfg.distill.target_ema)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {} if self.target is None else self.target.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.target is not None:
-            self.target.load_state_dict(state)
 
     @torch.no_grad()
     def heun_step(self, x_hi: torch.Tensor, t_hi: torch.Tensor, t_lo: torch.Tensor) -> torch.Tensor:
@@ -296,15 +240,15 @@ class DistillationObjective:
 
 
 OBJECTIVES = {"consistency": ConsistencyObjective, "denoising": DenoisingObjective,
-              "distillation": DistillationObjective}
+              "distillation": DistillationObjective, "trajectory": TrajectoryObjective}
 
 
 def build_objective(cfg: "ExperimentConfig", total_steps: int, distance_net=None,
                     teacher: nn.Module | None = None):
     """The objective named by cfg.objective; `distance_net` the network of a learned distance (E-LatentLPIPS,
-    from lct.weights.fetch.load_elatentlpips, or its loader); `teacher` the frozen denoiser of objective distillation."""
+    from lct.weights.fetch.load_elatentlpips, or its loader); `teacher` the frozen denoiser of objectives distillation and trajectory."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective = {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}")
-    if cfg.objective == "distillation":
-        return DistillationObjective(cfg, total_steps, distance_net, teacher)
+    if cfg.objective in ("distillation", "trajectory"):
+        return OBJECTIVES[cfg.objective](cfg, total_steps, distance_net, teacher)
     return OBJECTIVES[cfg.objective](cfg, total_steps, distance_net)

@@ -72,8 +72,47 @@ class EDMDenoiser(nn.Module):
         return c_skip * x + c_out * f
 
 
+class TrajectoryModel(nn.Module):
+    """CTM's trajectory function (Kim et al. 2024, sec. 3): G(x_t, t, s) = (s/t) x_t + (1 - s/t) g(x_t, t, s) for
+    s <= t, with g = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t), c_noise(s)) in EDM's scalings (sigma_min 0),
+    so G(x, t, t) = x, G(x, t, sigma_min) is the consistency function and g(x, t, t) a denoiser E[x0 | x_t].
+    Time 0 is sigma_min (the network embeds ln s), as for the consistency models here and in CTM's code."""
+
+    def __init__(self, unet: nn.Module, cfg: "ExperimentConfig"):
+        super().__init__()
+        self.unet = unet
+        self.sigma_data = cfg.schedule.sigma_data
+        self.sigma_min = cfg.schedule.sigma_min
+        self.noise_conditioning = cfg.network.noise_conditioning
+        self.autocast_dtype: torch.dtype | None = None
+
+    def g(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
+        """g(x_t, t, s): the network's data estimate for the jump t -> s."""
+        t, s = _bcast(t, x), _bcast(s, x)
+        sd, nc = self.sigma_data, self.noise_conditioning
+        c_skip = sd**2 / (t**2 + sd**2)  # EDM c_skip, c_out (sigma_min = 0)
+        c_out = t * sd / (t**2 + sd**2).sqrt()
+        if self.autocast_dtype is None:
+            f = self.unet(S.c_in(t, sd) * x, S.c_noise(t.flatten(), nc), S.c_noise(s.flatten(), nc))
+        else:
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                f = self.unet(S.c_in(t, sd) * x, S.c_noise(t.flatten(), nc), S.c_noise(s.flatten(), nc)).to(x.dtype)
+        return c_skip * x + c_out * f
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """g(x_t, t, t), the denoiser D(x_t, t) that DSM trains (CTM sec. 4)."""
+        return self.g(x, t, t)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, s: torch.Tensor | float | None = None) -> torch.Tensor:
+        """G(x, sigma, s); s None (or below sigma_min) = sigma_min: the consistency function f(x, sigma)."""
+        t = _bcast(sigma, x)
+        s = _bcast(self.sigma_min if s is None else s, x).clamp(min=self.sigma_min)
+        return s / t * x + (1 - s / t) * self.g(x, t, s)  # G = (s/t) x + (1 - s/t) g   (CTM sec. 3)
+
+
 # A distilled student is a consistency model (eq. 2) like a consistency-trained one.
-MODELS = {"consistency": ConsistencyModel, "denoising": EDMDenoiser, "distillation": ConsistencyModel}
+MODELS = {"consistency": ConsistencyModel, "denoising": EDMDenoiser, "distillation": ConsistencyModel,
+          "trajectory": TrajectoryModel}
 
 
 def build_model(cfg: "ExperimentConfig", img_resolution: int, in_channels: int) -> nn.Module:

@@ -75,6 +75,30 @@ def sample_consistency(net: nn.Module, noise: torch.Tensor, sigmas: Sequence[flo
 
 
 @torch.no_grad()
+def sample_trajectory(net: nn.Module, noise: torch.Tensor, sigmas: Sequence[float], gamma: float = 0.0,
+                      sigma_min: float = 0.002, rnd: StackedRandomGenerator | None = None) -> torch.Tensor:
+    """CTM's gamma-sampling (Kim et al. 2024, sec. 5) of a trajectory model net(x, t, s) = G(x, t, s).
+
+    Times t_0 = sigmas[0] > ... > t_{N-1}, then t_N = 0 (sigma_min). From x_{t_0} = t_0 z, each step jumps
+    x <- G(x_{t_n}, t_n, sqrt(1 - gamma^2) t_{n+1}) and re-noises x_{t_{n+1}} = x + gamma t_{n+1} z' (none after
+    the last jump). gamma = 0: deterministic long jumps along the ODE; gamma = 1: CM's multistep sampler
+    (sample_consistency, whose re-noising has sqrt(t^2 - sigma_min^2) in place of t).
+    """
+    b, dev, dt = noise.shape[0], noise.device, noise.dtype
+    ts = [float(v) for v in sigmas] + [sigma_min]
+    gen = None if rnd is not None else torch.Generator(device=dev).manual_seed(0)
+    x = noise * ts[0]
+    for n, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:])):
+        last = n == len(ts) - 2
+        s = t_next if last else max((1.0 - gamma**2) ** 0.5 * t_next, sigma_min)  # G's end time; 0 is sigma_min
+        x = net(x, torch.full((b,), t_cur, device=dev, dtype=dt), torch.full((b,), s, device=dev, dtype=dt))
+        if not last and gamma > 0:
+            z = rnd.randn(noise.shape, dt) if rnd is not None else torch.randn(noise.shape, generator=gen, device=dev, dtype=dt)
+            x = x + gamma * t_next * z  # x_{t_{n+1}} = G(...) + gamma t_{n+1} z
+    return x
+
+
+@torch.no_grad()
 def edm_sampler(net: nn.Module, noise: torch.Tensor, num_steps: int, cfg: "ExperimentConfig",
                 heun_last: bool = False) -> torch.Tensor:
     """Deterministic EDM sampler (Karras et al. 2022, Algorithm 1, S_churn = 0), 2nd-order Heun.
@@ -116,6 +140,7 @@ def generate(net: nn.Module, cfg: "ExperimentConfig", shape: tuple[int, int, int
     """Samples [len(seeds), C, H, W] (on CPU, in the model's normalized space) with `nfe` evaluations.
 
     consistency (and distillation): nfe 1 = one step from sigma_max; 2 = two_step_sigmas; more = a Karras sub-grid.
+    trajectory (CTM): gamma-sampling (sample.gamma) over the consistency sampler's times, then to sigma_min.
     denoising: the deterministic EDM sampler with exactly nfe evaluations (edm_steps_for_nfe).
     Image k depends only on seeds[k] (initial noise and re-noising both drawn per image).
     """
@@ -130,11 +155,13 @@ def generate(net: nn.Module, cfg: "ExperimentConfig", shape: tuple[int, int, int
             noise = rnd.randn((len(batch_seeds), *shape))
             if cfg.objective in ("consistency", "distillation"):  # a distilled student is a consistency model
                 x = sample_consistency(net, noise, multistep_sigmas(cfg, nfe), cfg.schedule.sigma_min, rnd)
+            elif cfg.objective == "trajectory":  # CTM: gamma-sampling over the same times
+                x = sample_trajectory(net, noise, multistep_sigmas(cfg, nfe), cfg.sample.gamma, cfg.schedule.sigma_min, rnd)
             elif cfg.objective == "denoising":
                 steps, heun_last = edm_steps_for_nfe(nfe)
                 x = edm_sampler(net, noise, steps, cfg, heun_last=heun_last)
             else:
-                raise ValueError(f"objective = {cfg.objective!r}; choose consistency or denoising")
+                raise ValueError(f"objective = {cfg.objective!r}; choose consistency, distillation, trajectory or denoising")
             out.append(x.cpu())
     finally:
         net.train(was_training)

@@ -117,12 +117,12 @@ def c_as_coded(n: int, first_stage: bool, d: int) -> float:
 
 
 def scale_c(cfg: "ExperimentConfig", k: int, K: int, d: int) -> float:
-    """The robust-loss scale c at iteration k of K for data dimension d (loss.c). Distillation has no
-    curriculum: its N is distill.num_timesteps, and as_coded takes the after-first-stage branch."""
+    """The robust-loss scale c at iteration k of K for data dimension d (loss.c). Distillation and CTM have no
+    curriculum: their N is distill.num_timesteps, and as_coded takes the after-first-stage branch."""
     kind = cfg.loss.c
     if kind == "fixed":
         return float(cfg.loss.c0) if cfg.loss.c0 is not None else c_fixed(d)
-    distill = cfg.objective == "distillation"
+    distill = cfg.objective in ("distillation", "trajectory")  # a fixed grid, no curriculum
     n = cfg.distill.num_timesteps if distill else num_timesteps(k, K, cfg.schedule)
     if kind == "adaptive":
         return c_adaptive(n)

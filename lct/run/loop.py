@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from lct.config import ConfigError, ExperimentConfig, save_experiment
+from lct.config import ConfigError, ExperimentConfig, reads_teacher, save_experiment
 from lct.files import checkpoint as ckio
 from lct.files.trainlog import Averager, JsonlLog, ProgressBar, plot_losses
 from lct.infra import distributed as ddist
 from lct.run.batches import BatchPipeline, DataOrder, step_seed
 from lct.run.model import (EMA, build_model, compile_blocks, configure_fast_path, fast_path, load_checkpoint_model,
-                           load_teacher, make_optimizer, with_teacher_digest)
+                           init_from_teacher, load_teacher, make_optimizer, with_teacher_digest)
 from lct.run.rundir import config_diff
 
 
@@ -175,12 +175,12 @@ class Run:
             torch.manual_seed(t.seed)
             self.model = build_model(cfg, self.shape[2], self.shape[1]).to(self.dev)
         self.teacher_net = None
-        if cfg.objective == "distillation":
+        if reads_teacher(cfg):  # distillation, CTM with the teacher's solver
             if not isinstance(teacher, torch.nn.Module) and cfg.distill.teacher_sha256 is None:
                 cfg = with_teacher_digest(cfg, teacher)
             self.teacher_net = load_teacher(cfg, teacher, self.shape, self.dev)
-            if cfg.distill.init_from_teacher:  # CM / LCM: the student starts as the teacher's UNet
-                self.model.unet.load_state_dict(self.teacher_net.unet.state_dict())
+            if cfg.distill.init_from_teacher:  # CM / LCM / CTM: the student starts as the teacher's UNet
+                init_from_teacher(self.model, self.teacher_net)
         self.cfg = cfg
         # The fast path's memory format first, so the EMA copies (clones keep strides) match the weights'
         # layout and the EMA's foreach update stays on its fast path under channels_last.

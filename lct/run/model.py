@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from lct.files import checkpoint as ckio
-from lct.config import ConfigError, ExperimentConfig
+from lct.config import ConfigError, ExperimentConfig, reads_teacher
 
 
 def build_model(cfg: ExperimentConfig, img_resolution: int, in_channels: int) -> torch.nn.Module:
@@ -143,15 +143,16 @@ def configure_fast_path(model: torch.nn.Module, fast: dict[str, Any], device: to
 
 
 def with_teacher_digest(cfg: ExperimentConfig, teacher: str | Path | None) -> ExperimentConfig:
-    """Objective distillation: the config with distill.teacher_sha256 = the --teacher file's sha256, so a
-    retrained teacher is a changed config (resume refuses, --on-config-change supersede starts afresh)."""
-    if cfg.objective != "distillation":
+    """A run with a teacher (reads_teacher): the config with distill.teacher_sha256 = the --teacher file's sha256,
+    so a retrained teacher is a changed config (resume refuses, --on-config-change supersede starts afresh)."""
+    if not reads_teacher(cfg):
         if teacher is not None:
-            raise ConfigError(f"--teacher {teacher}: experiment {cfg.name!r} has objective {cfg.objective!r}; "
-                              "only objective distillation reads a teacher")
+            raise ConfigError(f"--teacher {teacher}: experiment {cfg.name!r} has objective {cfg.objective!r}"
+                              + (" with ctm.solver self" if cfg.objective == "trajectory" else "")
+                              + "; only distillation and CTM with ctm.solver teacher read a teacher")
         return cfg
     if teacher is None:
-        raise ConfigError(f"experiment {cfg.name!r} has objective distillation: give its teacher with "
+        raise ConfigError(f"experiment {cfg.name!r} has objective {cfg.objective}: give its teacher with "
                           f"--teacher runs/{cfg.distill.teacher or '<teacher experiment>'}/final.pt")
     if not Path(teacher).is_file():
         raise ConfigError(f"--teacher {teacher}: no such file; train the teacher experiment "
@@ -169,7 +170,7 @@ def with_teacher_digest(cfg: ExperimentConfig, teacher: str | Path | None) -> Ex
 
 def load_teacher(cfg: ExperimentConfig, teacher: str | Path | torch.nn.Module, shape: list[int],
                  dev: torch.device) -> torch.nn.Module:
-    """The frozen teacher denoiser of objective distillation: its distill.teacher_ema weights, checked to be
+    """The frozen teacher denoiser of distillation or CTM: its distill.teacher_ema weights, checked to be
     a denoising run on data of this run's shape."""
     if isinstance(teacher, torch.nn.Module):  # tests: an analytic denoiser
         return teacher.to(dev).eval().requires_grad_(False)
@@ -182,8 +183,19 @@ def load_teacher(cfg: ExperimentConfig, teacher: str | Path | torch.nn.Module, s
                           f"data is {shape[1:]}; distill from a teacher of the same dataset")
     if cfg.distill.init_from_teacher:
         ours, theirs = cfg.to_dict()["network"], tcfg.to_dict()["network"]
-        diff = [f"network.{k}: {theirs[k]!r} (teacher) vs {ours[k]!r}" for k in ours if k != "dropout" and ours[k] != theirs[k]]
+        diff = [f"network.{k}: {theirs[k]!r} (teacher) vs {ours[k]!r}" for k in ours
+                if k not in ("dropout", "s_conditioning") and ours[k] != theirs.get(k)]
         if diff:
             raise ConfigError(f"experiment {cfg.name!r}: distill.init_from_teacher needs the teacher's network, but "
                               f"{'; '.join(diff)}; match the network or set distill.init_from_teacher: false")
     return model
+
+
+def init_from_teacher(model: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """CM / LCM / CTM: the student's UNet starts as the teacher's. A CTM student's s-embedding (absent from the
+    teacher) keeps its zero-initialised output, so the student starts as the teacher's denoiser for every s."""
+    missing, unexpected = model.unet.load_state_dict(teacher.unet.state_dict(), strict=False)
+    extra = [k for k in missing if not k.startswith("map_s_layer")]
+    if extra or unexpected:
+        raise ConfigError(f"the teacher's UNet does not fit the student's: missing {extra}, unexpected {unexpected}; "
+                          "match the network or set distill.init_from_teacher: false")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lct.config import ConfigError, ExperimentConfig, resolve_workflow_experiment
+from lct.config import ConfigError, ExperimentConfig, reads_teacher, resolve_workflow_experiment
 
 # Top-level keys every slice carries (what captions and metric columns need).
 _COMMON = ("name", "reading", "published", "random_weights_for_tests", "evaluation")
@@ -73,7 +73,7 @@ def check_references(config: dict[str, Any]) -> None:
 
 def resolve_all(config: dict[str, Any]) -> dict[str, ExperimentConfig]:
     """Every experiment resolved (reading < preset < defaults < overrides); errors name the experiment.
-    A distillation experiment must name a denoising experiment of its dataset as `teacher`."""
+    A distillation or CTM-with-teacher experiment must name a denoising experiment of its dataset as `teacher`."""
     out = {}
     for name in config["experiments"]:
         try:
@@ -83,11 +83,13 @@ def resolve_all(config: dict[str, Any]) -> dict[str, ExperimentConfig]:
     for name, cfg in out.items():
         teacher = config["experiments"][name].get("teacher")
         where = f"workflow config: experiments.{name}"
-        if cfg.objective == "distillation" and not teacher:
-            raise ConfigError(f"{where}: objective distillation needs `teacher: <a denoising experiment>` "
-                              "(e.g. the dataset's ldm_ve run)")
-        if teacher and cfg.objective != "distillation":
-            raise ConfigError(f"{where}.teacher: only objective distillation (preset cd) reads a teacher")
+        if reads_teacher(cfg) and not teacher:
+            raise ConfigError(f"{where}: objective {cfg.objective} needs `teacher: <a denoising experiment>` "
+                              "(e.g. the dataset's ldm_ve run)" + (" or ctm.solver: self (preset ctm_self)"
+                                                                   if cfg.objective == "trajectory" else ""))
+        if teacher and not reads_teacher(cfg):
+            raise ConfigError(f"{where}.teacher: only distillation (preset cd) and CTM with ctm.solver teacher "
+                              "(preset ctm) read a teacher; remove the key")
         if teacher:
             if teacher not in out:
                 raise ConfigError(f"{where}.teacher = {teacher!r} is not a key of `experiments`")

@@ -106,13 +106,19 @@ class UNet(nn.Module):
 
     def __init__(self, img_resolution: int, in_channels: int, model_channels: int, channel_mult: list[int],
                  num_blocks: int, attn_resolutions: list[int], channels_per_head: int, dropout: float = 0.0,
-                 norm: str = "group"):
+                 norm: str = "group", s_conditioning: bool = False):
         super().__init__()
         emb = 4 * model_channels  # embedding width (paper: 512)
         kw = dict(norm=norm, channels_per_head=channels_per_head, dropout=dropout)
         self.map_noise = NoiseEmbedding(model_channels)
         self.map_layer0 = nn.Linear(model_channels, emb)
         self.map_layer1 = nn.Linear(emb, emb)
+        # CTM's second time (the jump's end s; network.s_conditioning): its own two-layer MLP on the same
+        # sinusoidal embedding, added to the noise embedding through a zero-initialised last layer, so the
+        # network starts as the s-blind one (a student initialised from a denoiser is that denoiser for every s).
+        # Off (every existing network): no extra module, the same parameters and outputs.
+        self.map_s_layer0 = nn.Linear(model_channels, emb) if s_conditioning else None
+        self.map_s_layer1 = _zero(nn.Linear(emb, emb)) if s_conditioning else None
 
         self.enc = nn.ModuleList()
         skips: list[int] = []
@@ -149,9 +155,16 @@ class UNet(nn.Module):
         self.out_norm = make_norm(norm, cout, img_resolution)
         self.out_conv = _zero(nn.Conv2d(cout, in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, c_noise_s: torch.Tensor | None = None) -> torch.Tensor:
         emb = F.silu(self.map_layer0(self.map_noise(c_noise)))
-        emb = F.silu(self.map_layer1(emb)).to(x.dtype)  # [B, 4 model_channels]
+        emb = F.silu(self.map_layer1(emb))  # [B, 4 model_channels]
+        if self.map_s_layer0 is not None:
+            if c_noise_s is None:
+                raise ValueError("this UNet has network.s_conditioning: give c_noise_s (the jump's end time)")
+            emb = emb + self.map_s_layer1(F.silu(self.map_s_layer0(self.map_noise(c_noise_s))))
+        elif c_noise_s is not None:
+            raise ValueError("c_noise_s given to a UNet without network.s_conditioning")
+        emb = emb.to(x.dtype)
         hs = []
         for block in self.enc:
             x = block(x) if isinstance(block, nn.Conv2d) else block(x, emb)
@@ -171,7 +184,7 @@ def unet_kwargs(net_cfg: "NetworkConfig") -> dict[str, Any]:
     for key in ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "channels_per_head"):
         if getattr(net_cfg, key) is not None:
             kw[key] = getattr(net_cfg, key)
-    kw.update(dropout=net_cfg.dropout, norm=net_cfg.norm)
+    kw.update(dropout=net_cfg.dropout, norm=net_cfg.norm, s_conditioning=net_cfg.s_conditioning)
     return kw
 
 
