@@ -193,7 +193,7 @@ def test_cd_config_errors_name_the_fix(teacher_and_student, tmp_path, capsys):
     assert "denoising run" in capsys.readouterr().err
     # --teacher for a run that is not distillation
     assert T.main(_cmd(ct, data, tmp_path / "ct2") + ["--teacher", str(teacher)]) == T.EXIT_USAGE
-    assert "only objective distillation" in capsys.readouterr().err
+    assert "only distillation and CTM with ctm.solver teacher" in capsys.readouterr().err
     # another network than the teacher's while starting from its weights
     other = make_experiment(tmp_path, preset="cd", name="other", total_steps=2)
     other.write_text(other.read_text().replace("norm: group", "norm: nsln"))

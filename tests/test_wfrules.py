@@ -113,7 +113,7 @@ def test_fid_reference_file_becomes_an_input_and_an_argument(paper):
 
 def test_targets_and_their_errors(paper, demo):
     r = Rules(paper)
-    assert len(r.all_table_files(None)) == 21 and len(r.every_table_file(None)) == 24  # + table_cd
+    assert len(r.all_table_files(None)) == 21 and len(r.every_table_file(None)) == 27  # + table_cd, table_ctm
     with pytest.raises(WorkflowConfigError, match="needs --config cell="):
         r.cell_files(None)
     cfg = copy.deepcopy(paper)
@@ -213,3 +213,21 @@ def test_a_setting_added_to_the_code_retrains_nothing_until_it_is_set(paper):
     assert T._config_diff(old, new) == []
     new["train"]["flip_copies"] = True
     assert T._config_diff(old, new) == ["train.flip_copies: None -> True"]
+    # the CTM settings: absent from a config of before, neutral in the new one, no difference
+    old, new = ExperimentConfig().to_dict(), ExperimentConfig().to_dict()
+    del old["ctm"], old["network"]["s_conditioning"]
+    assert T._config_diff(old, new) == []
+
+
+def test_a_sampler_setting_added_to_the_code_rescores_nothing_until_it_is_set(paper):
+    """lct.config.ADDED_SAMPLING: sample.gamma (CTM) at 0 is left out of the evaluation commands of every
+    experiment, so the commands of finished evaluations are those of before; a CTM run that sets it gets it."""
+    from lct.config import ADDED_SAMPLING, ExperimentConfig, SAMPLING_KEYS, flat_settings
+
+    defaults = flat_settings(ExperimentConfig())
+    assert all(k in SAMPLING_KEYS and defaults[k] == v for k, v in ADDED_SAMPLING.items())
+    r = Rules(paper)
+    assert "gamma" not in r.sampling_args("celebahq_slct") and "two_step_index=420" in r.sampling_args("celebahq_slct")
+    cfg = copy.deepcopy(paper)
+    cfg["experiments"]["celebahq_ctm"].setdefault("overrides", {})["sample"] = {"gamma": 0.5}
+    assert "--sampling gamma=0.5" in Rules(cfg).sampling_args("celebahq_ctm")

@@ -95,8 +95,8 @@ def test_paper_config_has_one_experiment_per_distinct_run(overlay, reading):
     assert cfg["reading"] == reading
     exps = cfg["experiments"]
     # Table 1: 9; Table 2: 4 + 2 + 4 + 3; the pixel iCT run (Figure 1); the other reading's c (Figure 3);
-    # beyond the paper, table_cd's three distilled students.
-    assert len(exps) == 9 + 13 + 1 + 1 + 3 == 27
+    # beyond the paper, table_cd's three distilled students and table_ctm's two trajectory models.
+    assert len(exps) == 9 + 13 + 1 + 1 + 3 + 2 == 29
     resolved = {}
     for name in exps:
         d = resolve_workflow_experiment(cfg, name).to_dict()
@@ -122,7 +122,7 @@ def test_paper_text_dry_run_schedules_the_same_runs_under_its_own_name(tmp_path)
     args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + [str(ROOT / "config/paper_text.yaml")]
     r = snakemake(args + ["--dry-run", "all"])
     assert r.returncode == 0, r.stdout[-3000:]
-    assert job_counts(r.stdout).get("train") == 27
+    assert job_counts(r.stdout).get("train") == 29
     assert "results/paper_text/runs/celebahq_slct/final.pt" in r.stdout and "results/paper/runs" not in r.stdout
     # the data stage is the paper run's (data_from: paper): downloads, latents and reference statistics once
     assert "results/paper/data/celebahq256/latents/latents.npy" in r.stdout
@@ -136,12 +136,12 @@ def test_paper_dry_run_schedules_one_train_job_per_experiment(profile, tmp_path)
     r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"), profile) + ["--dry-run", "all"])
     assert r.returncode == 0, r.stdout[-3000:]
     counts = job_counts(r.stdout)
-    assert counts.get("train") == len(paper_experiments()) == 27, counts
+    assert counts.get("train") == len(paper_experiments()) == 29, counts
     # One evaluation per distinct (experiment, NFE) cell of the tables, not one per row.
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     cells = {(row["experiment"], row["nfe"]) for t in cfg["tables"].values() for row in t["rows"]}
     assert counts.get("evaluate") == len(cells), counts
-    assert counts.get("table") == 8 and counts.get("fetch_weights") == 1, counts  # the paper's seven + table_cd
+    assert counts.get("table") == 9 and counts.get("fetch_weights") == 1, counts  # the paper's 7 + table_cd, table_ctm
 
 
 def test_demo_dry_run_builds_every_table_and_figure(tmp_path):
@@ -152,11 +152,11 @@ def test_demo_dry_run_builds_every_table_and_figure(tmp_path):
     assert counts.get("train") == len(demo["experiments"]), counts
     for rule in ("train_vae", "train_classifier", "fig1_figure", "fig2_figure", "fig3_figure", "stats_td"):
         assert counts.get(rule, 0) >= 1, (rule, counts)
-    assert counts.get("table") == 8 and "fetch_weights" not in counts, counts
+    assert counts.get("table") == 9 and "fetch_weights" not in counts, counts
 
 
 def test_named_targets_resolve(tmp_path):
-    targets = ["all_tables", "all_figures", "table_cd", "table1a", "table1b", "table1c", "table2a", "table2b", "table2c",
+    targets = ["all_tables", "all_figures", "table_cd", "table_ctm", "table1a", "table1b", "table1c", "table2a", "table2b", "table2c",
                "table2d", "fig1", "fig2", "fig3", "samples", "fetch_weights"]
     r = snakemake(in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml")) + ["--dry-run", *targets])
     assert r.returncode == 0, r.stdout[-2000:]
@@ -181,6 +181,30 @@ def test_all_tables_is_the_papers_seven_and_table_cd_shares_the_teacher(tmp_path
     assert len(cmds) == 6
     for c in cmds:
         assert ("--teacher results/paper/runs/celebahq_ldm/final.pt" in c) == ("celebahq_cd_" in c), c
+
+
+def test_table_ctm_trains_the_teacher_once_and_one_job_per_ctm_row(tmp_path):
+    """`snakemake -n table_ctm` (paper config, no profile): the teacher once, the runs it shares with Table 1a
+    and table_cd, one job per CTM model; only the teacher-solver CTM reads the teacher, after it."""
+    args = in_tmp(tmp_path, config_copy(tmp_path, "config/config.yaml"))
+    r = snakemake(args + ["--dry-run", "--printshellcmds", "table_ctm"])
+    assert r.returncode == 0, r.stdout[-2000:]
+    counts = job_counts(r.stdout)
+    trains = set(re.findall(r"results/paper/runs/(\w+)/final.pt", r.stdout))
+    assert trains == {"celebahq_ldm", "celebahq_slct", "celebahq_cd_l2", "celebahq_cd_huber", "celebahq_cd_cauchy",
+                      "celebahq_ctm", "celebahq_ctm_self"}
+    assert counts.get("train") == 7 and counts.get("table") == 1, counts
+    cmds = [ln for ln in r.stdout.splitlines() if "lct train --config" in ln]
+    teacher = "--teacher results/paper/runs/celebahq_ldm/final.pt"
+    for c in cmds:
+        name = re.search(r"configs/(\w+)\.yaml", c).group(1)
+        assert (teacher in c) == (name.startswith("celebahq_cd_") or name == "celebahq_ctm"), c
+    # 1, 2 and 4 NFE of each CTM model, each evaluated once
+    for e in ("celebahq_ctm", "celebahq_ctm_self"):
+        for k in (1, 2, 4):
+            assert f"results/paper/eval/{e}/nfe{k}.json" in r.stdout
+    r = snakemake(args + ["--dry-run", "all_tables"])
+    assert "celebahq_ctm" not in r.stdout
 
 
 def test_cell_target_trains_that_experiment_alone(tmp_path):

@@ -306,8 +306,10 @@ ADDED_SETTINGS: dict[str, Any] = {
     "train.flip_copies": False, "loss.ot_group": None,
     # objective trajectory (CTM): the s-embedding switch, its own section and its sampler
     "network.s_conditioning": False, "ctm.solver": "teacher", "ctm.max_solver_steps": None, "ctm.dsm_weight": 1.0,
-    "sample.gamma": 0.0,
 }
+# Sampler settings added likewise: at this value `--sampling` leaves them out of the evaluation commands
+# (lct.workflow.eval_rules.sampling_args), so adding one re-scores no finished evaluation.
+ADDED_SAMPLING: dict[str, Any] = {"sample.gamma": 0.0}
 
 
 def is_added_default(key: str, *values: Any) -> bool:

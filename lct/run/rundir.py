@@ -83,8 +83,8 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
     for k in sorted(set(a) | set(b)):
         key = f"{prefix}{k}"
         va, vb = a.get(k, MISSING), b.get(k, MISSING)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, key + ".")
+        if isinstance(va, dict) or isinstance(vb, dict):  # a section, or one added since `a` (compared key by key)
+            out += config_diff(va if isinstance(va, dict) else {}, vb if isinstance(vb, dict) else {}, key + ".")
         elif va != vb and key not in RESUME_MAY_CHANGE and not is_added_default(key, va, vb):
             out.append(f"{key}: {None if va is MISSING else va!r} -> {None if vb is MISSING else vb!r}")
     return out

@@ -215,6 +215,10 @@ PAPER_TARGETS = {
                 "distillation (Song et al. 2023, Algorithm 2) from the pipeline's own VE latent diffusion teacher, "
                 "with L2, Pseudo-Huber and Cauchy distances, at 1 and 2 NFE, and the teacher at its sampler's NFE; "
                 "the same data, network and evaluation as Table 1a.",
+    "table_ctm": "Beyond the paper (not in arXiv 2502.01441): consistency trajectory models (Kim et al. 2024; soft "
+                 "consistency matching and DSM, no GAN loss) with the teacher's Heun solver and with their own, at 1, "
+                 "2 and 4 NFE by gamma-sampling, beside sLCT, the consistency-distillation students and the teacher; "
+                 "the same data, network and evaluation as Table 1a.",
     "fig1": "Figure 1: box-and-whisker statistics of normalized latent vs pixel data (left) and of the "
             "temporal differences of a latent and a pixel iCT model (right); fences and outliers marked.",
     "fig2": "Figure 2: the robust losses and their derivatives against the residual.",

