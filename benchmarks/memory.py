@@ -9,6 +9,8 @@ once) is a + b x batch, and b, the memory per image, is what a card's free memor
 
 * train: one training step of the paper configuration (sLCT as coded, paper UNet on 32x32x4 latents,
   its precision fp32, two passes and the diffusion term, backward, RAdam, one EMA), per sample;
+* train_ctm: one step of table_ctm's CTM (preset ctm, the same UNet with the s-embedding, a teacher of the
+  same architecture, the longest solver path: every interval of the 18-point grid), per sample;
 * decode: the SD-VAE decoder (its architecture, random weights: the cost does not depend on the
   values) from 32x32x4 to 256x256 images, fp32 and bf16;
 * inception / vgg16: the two feature networks of FID and Recall on 256x256 uint8 images.
@@ -30,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's lct, also in subprocesses
 
-STAGES = ("train", "decode_fp32", "decode_bf16", "inception", "vgg16")
+STAGES = ("train", "train_ctm", "decode_fp32", "decode_bf16", "inception", "vgg16")
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -49,15 +51,24 @@ def _run_stage(stage: str, batch: int, device: torch.device) -> float:
 
     ensure_torchvision()
     torch.manual_seed(0)
-    if stage == "train":
+    if stage in ("train", "train_ctm"):
         from lct.config import resolve_experiment
         from lct.run.model import EMA, build_model, make_optimizer
         from lct.method.objectives import build_objective
 
-        cfg = resolve_experiment("slct", {"train": {"total_steps": 1000}}, reading="as_coded")
+        ctm = stage == "train_ctm"
+        cfg = resolve_experiment("ctm" if ctm else "slct", {"train": {"total_steps": 1000}}, reading="as_coded")
         model = build_model(cfg, 32, 4).to(device)
         ema, opt = EMA(model, cfg.train.ema_decays[:1]), make_optimizer(cfg, model.parameters())
-        obj = build_objective(cfg, 1000)
+        teacher = None
+        if ctm:
+            teacher = build_model(resolve_experiment("ldm_ve", {"train": {"total_steps": 1}}), 32, 4).to(device)
+        obj = build_objective(cfg, 1000, teacher=teacher)
+        if ctm:
+            obj.attach(model)
+            obj.max_k = len(obj.grid) - 1
+            obj.draw_times = lambda b, gen: (obj.max_k, torch.zeros(b, dtype=torch.long),  # the longest path
+                                             torch.full((b,), obj.max_k, dtype=torch.long))
         x0 = torch.randn(batch, 4, 32, 32, device=device) * 0.5
         z = torch.randn_like(x0)
         loss, _ = obj(model, x0, z, 999)
