@@ -285,6 +285,9 @@ def test_config_errors_name_the_fix():
         ctm_config(network={"s_conditioning": False})
     with pytest.raises(ConfigError, match="objective trajectory only"):
         resolve_experiment("slct", {"network": {"s_conditioning": True}, "train": {"total_steps": 1}})
+    with pytest.raises(ConfigError, match="sample.gamma"):
+        resolve_experiment("slct", {"sample": {"gamma": 0.5}, "train": {"total_steps": 1}})
+    assert ctm_config(sample={"gamma": 0.5}).sample.gamma == 0.5
     with pytest.raises(ConfigError, match="init_from_teacher: false"):
         ctm_config("ctm_self", distill={"init_from_teacher": True})
     with pytest.raises(ConfigError, match="max_solver_steps"):
@@ -293,3 +296,84 @@ def test_config_errors_name_the_fix():
         TrajectoryObjective(ctm_config(), 10, teacher=None)
     with pytest.raises(ConfigError, match="target_ema"):
         TrajectoryObjective(ctm_config(distill={"target_ema": 0.0}), 10, teacher=Teacher())
+
+
+# --------------------------------------------------------------------------------------------- through lct train
+
+@pytest.fixture(scope="module")
+def ctm_runs(tmp_path_factory):
+    """A tiny ldm_ve teacher trained 4 steps, and CTM configs of the same network (8-point grid)."""
+    from test_train import make_dataset, make_experiment
+    from test_train_resume import _cmd
+
+    from lct.run import train as T
+
+    root = tmp_path_factory.mktemp("ctm")
+    data = make_dataset(root, n=48)
+    tcfg = make_experiment(root, preset="ldm_ve", name="teacher", total_steps=4)
+    assert T.main(_cmd(tcfg, data, root / "teacher")) == 0
+    return root, data, root / "teacher" / "final.pt"
+
+
+def _ctm_experiment(root, preset, name, **train):
+    from lct.config import save_experiment
+
+    tr = {"total_steps": 16, "batch_size": 8, "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 4,
+          "ema_decays": [0.9]}
+    tr.update(train)
+    cfg = resolve_experiment(preset, {"network": {"size": "tiny"}, "train": tr, "distill": {"num_timesteps": 8}},
+                             name=name, dataset="mnist8")
+    path = root / f"{name}.yaml"
+    save_experiment(cfg, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["ctm", "ctm_self"])
+def test_ctm_resumes_bit_exactly_after_sigkill(ctm_runs, preset):
+    """lct train of both CTM presets: SIGKILL after the first checkpoint and a rerun end with the uninterrupted
+    run's weights, EMAs and target network; the teacher-solver run records its teacher, the other reads none."""
+    import signal
+
+    from test_train import state_equal
+    from test_train_resume import _cmd, _start_and_interrupt
+
+    from lct.files.checkpoint import list_checkpoints, load
+    from lct.run import train as T
+
+    root, data, teacher = ctm_runs
+    cfg = _ctm_experiment(root, preset, preset)
+    args = ["--teacher", str(teacher)] if preset == "ctm" else []
+    assert T.main(_cmd(cfg, data, root / f"{preset}_ref") + args) == 0
+    ref = load(root / f"{preset}_ref" / "final.pt")
+    rc, err = _start_and_interrupt(cfg, data, root / f"{preset}_killed", signal.SIGKILL, extra=args)
+    assert rc == -signal.SIGKILL, err
+    assert not (root / f"{preset}_killed" / "final.pt").exists(), "the run finished before it was killed"
+    assert load(list_checkpoints(root / f"{preset}_killed")[-1][1])["objective"], "the target is checkpointed"
+    assert T.main(_cmd(cfg, data, root / f"{preset}_killed") + args) == 0
+    final = load(root / f"{preset}_killed" / "final.pt")
+    assert final["step"] == ref["step"] == 16
+    assert state_equal(final["model"], ref["model"])
+    assert all(state_equal(final["ema"][k], ref["ema"][k]) for k in ref["ema"])
+    assert (final["config"]["distill"]["teacher_sha256"] is not None) == (preset == "ctm")
+    if preset == "ctm_self":  # a teacher given to the teacher-free CTM is refused, naming why
+        assert T.main(_cmd(cfg, data, root / "self_teacher") + ["--teacher", str(teacher)]) == T.EXIT_USAGE
+
+
+def test_ctm_student_starts_as_the_teachers_denoiser_for_every_s(ctm_runs, tmp_path, monkeypatch):
+    """A step that moves nothing (lr 0): the student's UNet is the teacher's plus the s-embedding, whose zero last
+    layer makes g(x, t, s) the teacher's denoiser D(x, t) for every s."""
+    from lct.run import loop as L
+    from lct.run import train as T
+    from lct.run.model import load_checkpoint_model
+
+    root, data, teacher = ctm_runs
+    monkeypatch.setattr(L, "make_optimizer", lambda cfg, params: torch.optim.SGD(params, lr=0.0))
+    cfg = _ctm_experiment(tmp_path, "ctm", "ctm0", total_steps=1, weight_decay=0.0)
+    model = T.train(T.resolve_config(cfg), data, tmp_path / "run", device="cpu", quiet=True, teacher=teacher).eval()
+    tnet, _, _ = load_checkpoint_model(teacher, None, "cpu")
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0.1, 1.0, 5.0, 40.0])
+    with torch.no_grad():
+        ref = tnet.eval()(x, t)
+        for s in (torch.full((4,), 0.002), t / 2, t):
+            torch.testing.assert_close(model.g(x, t, s), ref)

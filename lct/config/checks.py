@@ -222,6 +222,10 @@ def validate(cfg: Any) -> Any:
                               "of the distill.num_timesteps grid; lower it or set null for all of them")
         if cfg.ctm.solver == "self" and dc.init_from_teacher:
             raise ConfigError(f"{where}: ctm.solver self trains without a teacher; set distill.init_from_teacher: false")
-    elif cfg.network.s_conditioning:
-        raise ConfigError(f"{where}: network.s_conditioning is for objective trajectory only; set it false")
+    else:
+        if cfg.network.s_conditioning:
+            raise ConfigError(f"{where}: network.s_conditioning is for objective trajectory only; set it false")
+        if cfg.sample.gamma != 0.0:
+            raise ConfigError(f"{where}: sample.gamma = {cfg.sample.gamma} is CTM's gamma-sampling (objective "
+                              f"trajectory); objective {cfg.objective} samples without it: remove the key")
     return cfg
