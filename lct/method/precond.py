@@ -17,13 +17,16 @@ if TYPE_CHECKING:
     from lct.config import ExperimentConfig
 
 
-def _unet(unet: nn.Module, dtype: torch.dtype | None, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-    """F(x, c_noise), under bf16 autocast when `dtype` is set, returned in x's dtype (float32) so the
-    preconditioning and every loss stay in float32 (a Cauchy c of 2e-4 is below bf16's resolution)."""
+def _unet(unet: nn.Module, dtype: torch.dtype | None, x: torch.Tensor, c_noise: torch.Tensor,
+          c_noise_s: torch.Tensor | None = None) -> torch.Tensor:
+    """F(x, c_noise) (or F(x, c_noise, c_noise_s), CTM), under bf16 autocast when `dtype` is set, returned in x's
+    dtype (float32) so the preconditioning and every loss stay in float32 (a Cauchy c of 2e-4 is below bf16's
+    resolution)."""
+    args = (x, c_noise) if c_noise_s is None else (x, c_noise, c_noise_s)
     if dtype is None:
-        return unet(x, c_noise)
+        return unet(*args)
     with torch.autocast(x.device.type, dtype=dtype):
-        return unet(x, c_noise).to(x.dtype)
+        return unet(*args).to(x.dtype)
 
 
 def _bcast(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -72,19 +75,12 @@ class EDMDenoiser(nn.Module):
         return c_skip * x + c_out * f
 
 
-class TrajectoryModel(nn.Module):
+class TrajectoryModel(ConsistencyModel):
     """CTM's trajectory function (Kim et al. 2024, sec. 3): G(x_t, t, s) = (s/t) x_t + (1 - s/t) g(x_t, t, s) for
     s <= t, with g = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t), c_noise(s)) in EDM's scalings (sigma_min 0),
     so G(x, t, t) = x, G(x, t, sigma_min) is the consistency function and g(x, t, t) a denoiser E[x0 | x_t].
-    Time 0 is sigma_min (the network embeds ln s), as for the consistency models here and in CTM's code."""
-
-    def __init__(self, unet: nn.Module, cfg: "ExperimentConfig"):
-        super().__init__()
-        self.unet = unet
-        self.sigma_data = cfg.schedule.sigma_data
-        self.sigma_min = cfg.schedule.sigma_min
-        self.noise_conditioning = cfg.network.noise_conditioning
-        self.autocast_dtype: torch.dtype | None = None
+    Time 0 is sigma_min (the network embeds ln s), as for the consistency models here and in CTM's code. Its
+    attributes are ConsistencyModel's; only the function differs."""
 
     def g(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
         """g(x_t, t, s): the network's data estimate for the jump t -> s."""
@@ -92,11 +88,7 @@ class TrajectoryModel(nn.Module):
         sd, nc = self.sigma_data, self.noise_conditioning
         c_skip = sd**2 / (t**2 + sd**2)  # EDM c_skip, c_out (sigma_min = 0)
         c_out = t * sd / (t**2 + sd**2).sqrt()
-        if self.autocast_dtype is None:
-            f = self.unet(S.c_in(t, sd) * x, S.c_noise(t.flatten(), nc), S.c_noise(s.flatten(), nc))
-        else:
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                f = self.unet(S.c_in(t, sd) * x, S.c_noise(t.flatten(), nc), S.c_noise(s.flatten(), nc)).to(x.dtype)
+        f = _unet(self.unet, self.autocast_dtype, S.c_in(t, sd) * x, S.c_noise(t.flatten(), nc), S.c_noise(s.flatten(), nc))
         return c_skip * x + c_out * f
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
