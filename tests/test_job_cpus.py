@@ -33,6 +33,8 @@ def test_fit_batch_on_cpu_is_the_request_and_table_says_what_each_card_does():
     assert 40 < dec["gb"] < 64 and dec["40GB"].startswith("sub-batches of") and dec["80GB"] == "fits"
     assert rows["inception, batch 250"]["40GB"] == "fits"
     assert rows["train, 4 GPU(s), 32 per GPU (fp32)"]["40GB"] == "fits"
+    ctm = rows["train CTM, 4 GPU(s), 32 per GPU (fp32)"]  # three graphs per sample and two more weight copies
+    assert ctm["40GB"] == "fits" and 1.5 < ctm["gb"] / rows["train, 4 GPU(s), 32 per GPU (fp32)"]["gb"] < 3
 
 
 def test_estimate_prints_memory_per_stage(capsys):
