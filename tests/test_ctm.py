@@ -70,7 +70,8 @@ class Teacher(nn.Module):
 
 def ctm_config(preset: str = "ctm", **over):
     base = {"network": {"size": "tiny"}, "train": {"total_steps": 10, "batch_size": 64},
-            "loss": {"reduction": "mean"}, "distill": {"init_from_teacher": False}}
+            "loss": {"reduction": "mean"}, "distill": {"init_from_teacher": False},
+            "ctm": {"dsm_balance": "fixed"}}  # lambda_DSM = 1 (the adaptive balance: its own test)
     for k, v in over.items():
         base.setdefault(k, {}).update(v)
     return resolve_experiment(preset, base, name="ctm", dataset="gauss", reading="as_coded")
@@ -116,6 +117,45 @@ def test_dsm_is_minimal_at_the_exact_denoiser():
 
     _, logs_wrong = obj(Wrong(), x0, z, 0)
     assert float(logs_wrong["loss_diff"]) > float(logs["loss_diff"]) + 0.02
+
+
+def test_adaptive_balance_is_the_ratio_of_the_gradient_norms_at_the_last_layer():
+    """CTM's adaptive lambda_DSM = ||d L_CTM / d w|| / (||d L_DSM / d w|| + 1e-4) at the UNet's output convolution,
+    detached; the total loss is L_CTM + lambda L_DSM, and the objective reads nothing back to the host."""
+    from lct.method.trajectory import dsm_balance
+
+    cfg = ctm_config(ctm={"dsm_balance": "adaptive"})
+    torch.manual_seed(0)
+    net = build_model(cfg, 8, 4)
+    for p in net.unet.out_conv.parameters():
+        nn.init.normal_(p, std=0.05)
+    obj = TrajectoryObjective(cfg, 10, teacher=Teacher())
+    obj.attach(net)
+    x0 = torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(7)) * 0.5
+    z = torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+    loss, logs = obj(net, x0, z, 3)
+    lam = logs["lambda_dsm"]
+    assert isinstance(lam, torch.Tensor) and not lam.requires_grad and float(lam) > 0
+    torch.testing.assert_close(loss.mean(), logs["loss_ct"] + lam * logs["loss_diff"], rtol=1e-5, atol=1e-6)
+    # the ratio by hand, from the two terms of the same step (same draws) with the fixed weight
+    obj_f = TrajectoryObjective(ctm_config(), 10, teacher=Teacher())
+    obj_f.target = obj.target
+    l_ct, l_dsm = _terms(obj_f, net, x0, z)
+    torch.testing.assert_close(l_ct.detach(), logs["loss_ct"])
+    w = net.unet.out_conv.weight
+    ref = torch.autograd.grad(l_ct, w, retain_graph=True)[0].norm() / (
+        torch.autograd.grad(l_dsm, w, retain_graph=True)[0].norm() + 1e-4)
+    torch.testing.assert_close(dsm_balance(net, l_ct, l_dsm), ref.detach())
+    torch.testing.assert_close(lam, ref.detach(), rtol=1e-4, atol=1e-6)
+
+
+def _terms(obj, net, x0, z):
+    """L_CTM and L_DSM (means) of one step, as graphs (the objective with lambda_DSM 0, then 1)."""
+    obj.cfg.ctm.dsm_weight = 0.0
+    l_ct, _ = obj(net, x0, z, 3)
+    obj.cfg.ctm.dsm_weight = 1.0
+    both, _ = obj(net, x0, z, 3)
+    return l_ct.mean(), both.mean() - l_ct.mean()
 
 
 # --------------------------------------------------------------------------------------------- (b)

@@ -117,6 +117,7 @@ class TrajectoryConfig:
     solver: str = "teacher"  # Heun solver of the soft-matching target: "teacher" (distill.teacher's denoiser) or "self" (the target network's own denoiser g(x, u, u): CTM without a pre-trained diffusion model).
     max_solver_steps: int | None = None  # Most Heun steps from t to u on the distill.num_timesteps grid (drawn uniformly from 1 .. this each iteration); None = the grid's intervals (u anywhere in [s, t)).
     dsm_weight: float = 1.0  # lambda_DSM: weight of the denoising score matching loss on g(x_t, t, t).
+    dsm_balance: str = "adaptive"  # "adaptive": lambda_DSM times CTM's balance ||grad L_CTM|| / ||grad L_DSM|| at the UNet's last layer; "fixed": lambda_DSM alone.
 
 
 @dataclass
@@ -306,6 +307,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "train.flip_copies": False, "loss.ot_group": None,
     # objective trajectory (CTM): the s-embedding switch, its own section and its sampler
     "network.s_conditioning": False, "ctm.solver": "teacher", "ctm.max_solver_steps": None, "ctm.dsm_weight": 1.0,
+    "ctm.dsm_balance": "adaptive",
 }
 # Sampler settings added likewise: at this value `--sampling` leaves them out of the evaluation commands
 # (lct.workflow.eval_rules.sampling_args), so adding one re-scores no finished evaluation.

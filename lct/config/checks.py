@@ -78,6 +78,7 @@ def _coerce(tp: Any, v: Any, key: str) -> Any:
 CHOICES: dict[str, set[str]] = {
     "objective": {"consistency", "denoising", "distillation", "trajectory"},
     "ctm.solver": {"teacher", "self"},
+    "ctm.dsm_balance": {"adaptive", "fixed"},
     "network.norm": {"group", "instance", "layer", "rms", "nsln", "nsgn", "nsin"},
     "network.noise_conditioning": {"cm", "edm"},
     "schedule.curriculum": {"exp", "sqrt", "fixed"},

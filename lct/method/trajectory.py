@@ -45,6 +45,19 @@ def heun_solve(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x:
     return x
 
 
+def dsm_balance(net: nn.Module, loss_ctm: torch.Tensor, loss_dsm: torch.Tensor, world: int = 1) -> torch.Tensor:
+    """CTM's adaptive weight (sec. 4.2, as VQGAN's): ||d L_CTM / d w|| / (||d L_DSM / d w|| + 1e-4), clamped to
+    [0, 1e4] and detached, with w the network's last weight matrix (the UNet's output convolution). With several
+    ranks the two gradients are averaged first, so W ranks weigh as one process over the global batch. A device
+    tensor: no host read."""
+    last = [p for p in net.parameters() if p.requires_grad and p.ndim > 1][-1]
+    g = torch.stack([torch.autograd.grad(v, last, retain_graph=True)[0] for v in (loss_ctm, loss_dsm)])
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(g)
+        g = g / world
+    return (g[0].norm() / (g[1].norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
 class TrajectoryObjective(TargetNetwork):
     """CTM's loss without the GAN term: L_CTM + lambda_DSM L_DSM (CTM sec. 4).
 
@@ -55,7 +68,8 @@ class TrajectoryObjective(TargetNetwork):
     in the loss's robust distance d (loss.distance, c from loss.c). sg is the EMA target network theta-
     (distill.target_ema; the gradient reaches theta through x_est's inner jump only). The solver is the
     teacher's Heun (ctm.solver teacher) or the target's own denoiser g_sg(., u', u') (ctm.solver self). DSM:
-    lambda(sigma) ||g_theta(x_sigma, sigma, sigma) - x0||^2 with EDM's sigma and weight.
+    lambda(sigma) ||g_theta(x_sigma, sigma, sigma) - x0||^2 with EDM's sigma and weight, added with ctm.dsm_weight
+    times CTM's adaptive balance (ctm.dsm_balance adaptive, `dsm_balance`) or alone (fixed).
     """
 
     def __init__(self, cfg: "ExperimentConfig", total_steps: int, distance_net=None,
@@ -124,7 +138,10 @@ class TrajectoryObjective(TargetNetwork):
         x_sigma = x0 + sigma_x.view(-1, 1, 1, 1) * noise
         weight = (sigma_x**2 + sd**2) / (sigma_x * sd) ** 2
         loss_dsm = weight * squared_norm(net.denoise(x_sigma, sigma_x), x0, lcfg.reduction)
-        loss = loss_ctm + cfg.ctm.dsm_weight * loss_dsm
+        lam = cfg.ctm.dsm_weight
+        if cfg.ctm.dsm_balance == "adaptive":
+            lam = lam * dsm_balance(net, loss_ctm.mean(), loss_dsm.mean(), world)
+        loss = loss_ctm + lam * loss_dsm  # L_CTM + lambda_DSM L_DSM (CTM sec. 4.2, without L_GAN)
         logs = {"N": float(cfg.distill.num_timesteps), "c": float(c), "loss_ct": loss_ctm.detach().mean(),
-                "loss_diff": loss_dsm.detach().mean(), "solver_steps": float(k), "ot_time_s": 0.0}
+                "loss_diff": loss_dsm.detach().mean(), "lambda_dsm": lam, "solver_steps": float(k), "ot_time_s": 0.0}
         return loss, logs

@@ -61,10 +61,12 @@ def train_gpu_hours(c: Any, sizes: dict[str, int], train_ips: float = DEFAULT_TR
     # forward = 1, backward = 2 units: CT adds the target forward (4/3); CD adds the target forward and
     # the teacher's Heun step (two forwards; 6/3); CTM (K = ctm.max_solver_steps): the student's jump (3), the
     # target's outer jump with the gradient through it (3), the target's two jumps (2), E[k] = (K + 1) / 2 Heun
-    # steps of two forwards (K + 1) and DSM (3): (K + 12) / 3, 29/3 on the 18-point grid
+    # steps of two forwards (K + 1), DSM (3) and the adaptive balance's backward through the target (2):
+    # (K + 14) / 3, 31/3 on the 18-point grid
     factor = {"consistency": 4.0 / 3.0, "distillation": 6.0 / 3.0}.get(c.objective, 1.0)
     if c.objective == "trajectory":
-        factor = ((c.ctm.max_solver_steps or c.distill.num_timesteps - 1) + 12) / 3.0
+        k_max = c.ctm.max_solver_steps or c.distill.num_timesteps - 1
+        factor = (k_max + 12 + (2 if c.ctm.dsm_balance == "adaptive" else 0)) / 3.0
     return n_images * factor / train_ips / 3600.0
 
 
