@@ -417,3 +417,44 @@ def test_ctm_student_starts_as_the_teachers_denoiser_for_every_s(ctm_runs, tmp_p
         ref = tnet.eval()(x, t)
         for s in (torch.full((4,), 0.002), t / 2, t):
             torch.testing.assert_close(model.g(x, t, s), ref)
+
+
+def test_adaptive_balance_runs_under_the_compiled_fast_path():
+    """With per-block compilation (the GPU default; aot_eager here), the balance's retained backward through the
+    target's compiled blocks works (AOTAutograd's donated buffers turned off by compile_blocks(backward_twice))
+    and the step's loss, balance and gradients are the eager ones."""
+    import copy
+
+    import torch._dynamo
+    import torch._functorch.config as fc
+
+    from lct.run.model import compile_blocks
+
+    donated = fc.donated_buffer
+    torch._dynamo.reset()
+    try:
+        cfg = ctm_config("ctm_self", ctm={"dsm_balance": "adaptive"}, distill={"num_timesteps": 6})
+        torch.manual_seed(0)
+        eager = build_model(cfg, 8, 4)
+        compiled = copy.deepcopy(eager)
+        x0 = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(9)) * 0.5
+        z = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(10))
+        out = []
+        for net, comp in ((eager, False), (compiled, True)):
+            obj = TrajectoryObjective(cfg, 10)
+            obj.attach(net)
+            if comp:
+                assert obj.backward_twice
+                # the balance's retained backward crosses the target's blocks only (the student's output
+                # convolution is outside every block): compiling the target is what matters, and halves the time
+                compile_blocks(obj.target, backward_twice=True, backend="aot_eager")
+            loss, logs = obj(net, x0, z, 0)
+            loss.mean().backward()
+            out.append((loss.detach(), logs["lambda_dsm"], [p.grad.clone() for p in net.parameters() if p.grad is not None]))
+        torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-4, atol=1e-5)
+        for a, b in zip(out[1][2], out[0][2]):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    finally:
+        fc.donated_buffer = donated
+        torch._dynamo.reset()

@@ -91,6 +91,8 @@ class TrajectoryObjective(TargetNetwork):
         self.max_k = cfg.ctm.max_solver_steps or n_int
         self.target: nn.Module | None = None
         self.solve = heun_solve  # a seam: tests put the exact ODE map here
+        # the adaptive balance backpropagates through the target's (compiled) blocks before the step's backward
+        self.backward_twice = cfg.ctm.dsm_balance == "adaptive"
 
     def draw_times(self, b: int, gen: torch.Generator) -> tuple[int, torch.Tensor, torch.Tensor]:
         """(k, n, m): k solver steps; per sample the index n of t (n + k <= N - 1) and m of s (n + k <= m <= N - 1)."""

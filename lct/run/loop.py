@@ -242,15 +242,16 @@ class Run:
         online and target passes share it) and, under several ranks, the fixed-bucket gradient averager
         (not DDP, whose re-packed buckets would make a resumed run differ from an uninterrupted one)."""
         fast, objective = self.fast, self.objective
+        twice = getattr(objective, "backward_twice", False)  # CTM's adaptive balance (compile_blocks)
         if self.teacher_net is not None:
             configure_fast_path(self.teacher_net, fast, self.dev)
         if hasattr(objective, "attach"):
             objective.attach(self.model)
             if fast["compile"] and objective.target is not None:
-                compile_blocks(objective.target)
+                compile_blocks(objective.target, backward_twice=twice)
             if self.state is not None:
                 objective.load_state_dict(self.state.get("objective") or {})
-        self.net = compile_blocks(self.model) if fast["compile"] else self.model
+        self.net = compile_blocks(self.model, backward_twice=twice) if fast["compile"] else self.model
         self.averager = ddist.GradientAverager(list(self.model.parameters()), self.world) if self.world > 1 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else float("inf")

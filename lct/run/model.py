@@ -101,7 +101,7 @@ def fast_path(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
             "channels_last": pick(t.channels_last)}
 
 
-def compile_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> torch.nn.Module:
+def compile_blocks(model: torch.nn.Module, backward_twice: bool = False, **compile_kwargs: Any) -> torch.nn.Module:
     """torch.compile each residual block of `model` on its own (regional compilation), in place.
 
     Why not torch.compile(model): a whole-model graph has ONE backward node, so every parameter's
@@ -110,8 +110,16 @@ def compile_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> torch.nn.Mo
     compiled region per block gives one backward node per block: gradients become ready block by
     block from the output back, and the late blocks' buckets are averaged while the early blocks'
     backward computes. Blocks of the same shape share their compiled code, so compiling takes less
-    time too. The module keeps its type and state_dict keys (no `_orig_mod.` prefix)."""
+    time too. The module keeps its type and state_dict keys (no `_orig_mod.` prefix).
+
+    `backward_twice`: the objective runs a backward through these blocks with retain_graph before the step's
+    backward (CTM's adaptive balance, lct.method.trajectory.dsm_balance); AOTAutograd's donated buffers forbid
+    that, so they are turned off (process-wide: a little more memory in the compiled backward)."""
     import torch._dynamo
+    import torch._functorch.config
+
+    if backward_twice:
+        torch._functorch.config.donated_buffer = False
 
     from lct.method.nn.unet import ResBlock
 
