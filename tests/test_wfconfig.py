@@ -49,6 +49,9 @@ def test_a_broken_reference_names_its_key(paper, edit, named):
     (lambda c: c["experiments"]["celebahq_cd_l2"].update(teacher="celebahq_ilct"), "must be a denoising run"),
     (lambda c: c["experiments"]["celebahq_cd_l2"].update(teacher="ffhq_ldm"), "of the same dataset"),
     (lambda c: c["experiments"]["celebahq_slct"].update(teacher="celebahq_ldm"), "only distillation"),
+    # CTM: the teacher-solver preset needs one, the teacher-free one refuses one
+    (lambda c: c["experiments"]["celebahq_ctm"].pop("teacher"), "or ctm.solver: self"),
+    (lambda c: c["experiments"]["celebahq_ctm_self"].update(teacher="celebahq_ldm"), "ctm.solver teacher"),
 ])
 def test_a_distillation_teacher_is_checked(paper, edit, named):
     cfg = copy.deepcopy(paper)
