@@ -334,8 +334,8 @@ def test_config_errors_name_the_fix():
         ctm_config(distill={"num_timesteps": 8}, ctm={"max_solver_steps": 9})
     with pytest.raises(ConfigError, match="--teacher"):
         TrajectoryObjective(ctm_config(), 10, teacher=None)
-    with pytest.raises(ConfigError, match="target_ema"):
-        TrajectoryObjective(ctm_config(distill={"target_ema": 0.0}), 10, teacher=Teacher())
+    with pytest.raises(ConfigError, match="target_ema in"):  # refused by the dry-run, not by the GPU job
+        ctm_config(distill={"target_ema": 0.0})
 
 
 # --------------------------------------------------------------------------------------------- through lct train

@@ -223,6 +223,9 @@ def validate(cfg: Any) -> Any:
                               "of the distill.num_timesteps grid; lower it or set null for all of them")
         if cfg.ctm.solver == "self" and dc.init_from_teacher:
             raise ConfigError(f"{where}: ctm.solver self trains without a teacher; set distill.init_from_teacher: false")
+        if dc.target_ema <= 0:
+            raise ConfigError(f"{where}: objective trajectory jumps with the EMA target network (stopgrad(theta) would "
+                              "pass gradients through the outer jump); set distill.target_ema in (0, 1) (CTM: 0.999)")
     else:
         if cfg.network.s_conditioning:
             raise ConfigError(f"{where}: network.s_conditioning is for objective trajectory only; set it false")

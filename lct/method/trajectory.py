@@ -79,9 +79,6 @@ class TrajectoryObjective(TargetNetwork):
         if cfg.ctm.solver == "teacher" and teacher is None:
             raise ConfigError(f"experiment {cfg.name!r}: ctm.solver teacher needs the teacher: lct train --teacher "
                               f"runs/{cfg.distill.teacher or '<teacher>'}/final.pt (or ctm.solver: self)")
-        if cfg.distill.target_ema <= 0:
-            raise ConfigError(f"experiment {cfg.name!r}: objective trajectory jumps with the target network theta-; "
-                              "set distill.target_ema in (0, 1) (CTM: 0.999)")
         self.cfg = cfg
         self.total_steps = int(total_steps)
         self.distance = make_distance(cfg.loss.distance, distance_net)
