@@ -3,8 +3,8 @@
 The model is lct.method.precond.TrajectoryModel, G(x_t, t, s) = (s/t) x_t + (1 - s/t) g(x_t, t, s). The
 objective trains it by soft consistency matching against a Heun solver of the probability-flow ODE, plus
 denoising score matching (DSM) on g(x_t, t, t); the GAN term of CTM is left out. Sampling is CTM's
-gamma-sampling (lct.method.samplers.sample_trajectory). References are to the CTM paper's sections: the
-paper's text is not stored with this repository, so its equation numbers are not quoted (docs/CTM.md).
+gamma-sampling (lct.method.samplers.sample_trajectory). References are to the CTM paper's sections, unverified:
+its text is not stored with this repository, so its equation numbers are not quoted (docs/CTM.md).
 """
 
 from __future__ import annotations
